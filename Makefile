@@ -1,0 +1,15 @@
+# The two commands of the README. Both install the system packages the
+# build needs (cmake, libclang, …) when they are missing.
+
+.PHONY: demo test deps
+
+deps:
+	@./.ci/install-deps
+
+# The main job: a DSPy program answering with a local model, in-process.
+demo: deps
+	cargo run --example llamacpp_qa
+
+# The whole test suite.
+test: deps
+	cargo test

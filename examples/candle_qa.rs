@@ -1,0 +1,79 @@
+//! Question answering with dspy-rs's `Predict` on a local GGUF model, through candle.
+//!
+//! ```text
+//! cargo run --example candle_qa -- path/to/model.gguf
+//! cargo run --no-default-features --features candle --example candle_qa
+//! ```
+//!
+//! The same program as `llamacpp_qa`, with the candle backend: only the
+//! model type and the adapter differ. Without a path it writes a small test
+//! model with random weights, so the answer is well-formed but random.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use dspy_rs::{Predict, Predictor, Signature, configure, example};
+use dsrs_local::testing::{TestModelSpec, chat_tokenizer};
+use dsrs_local::{CandleAdapter, CandleConfig, CandleLoadOptions, CandleModel, local_lm};
+
+#[Signature]
+struct QA {
+    /// Answer the question in a few words.
+    #[input]
+    question: String,
+    #[output]
+    answer: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let (path, _scratch) = match std::env::args()
+        .nth(1)
+        .or_else(|| std::env::var("DSRS_MODEL").ok())
+    {
+        Some(path) => (PathBuf::from(path), None),
+        None => {
+            let dir = tempfile::tempdir()?;
+            let path = dir.path().join("tiny-random.gguf");
+            TestModelSpec::tiny(chat_tokenizer()).write(&path)?;
+            println!(
+                "No model given: using a small test model with random weights, so the answer is random."
+            );
+            println!("Pass a GGUF path (or set DSRS_MODEL) to use a real model.\n");
+            (path, Some(dir))
+        }
+    };
+
+    let started = Instant::now();
+    let model = CandleModel::load(&path, CandleLoadOptions::default())
+        .with_context(|| format!("loading {}", path.display()))?;
+    println!(
+        "Loaded {} ({} on {:?}) in {:.2?}",
+        path.display(),
+        model.architecture(),
+        model.device(),
+        started.elapsed()
+    );
+
+    configure(
+        local_lm().await?,
+        CandleAdapter::from_loaded_model(Arc::new(model), CandleConfig::default()),
+    );
+
+    let question = "What is the capital of France?";
+    let started = Instant::now();
+    let prediction = Predict::new(QA::new())
+        .forward(example! { "question": "input" => question })
+        .await?;
+    println!("Question: {question}");
+    println!("Answer:   {}", prediction.get("answer", None));
+    println!(
+        "({} prompt + {} completion tokens in {:.2?})",
+        prediction.lm_usage.prompt_tokens,
+        prediction.lm_usage.completion_tokens,
+        started.elapsed()
+    );
+    Ok(())
+}

@@ -1,0 +1,77 @@
+//! Question answering with dspy-rs's `Predict` on a local GGUF model, through llama.cpp.
+//!
+//! ```text
+//! cargo run --example llamacpp_qa -- path/to/model.gguf
+//! DSRS_MODEL=path/to/model.gguf cargo run --example llamacpp_qa
+//! ```
+//!
+//! Without a path it writes a small test model with random weights and uses
+//! that: the answers are then well-formed but random.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use dspy_rs::{Predict, Predictor, Signature, configure, example};
+use dsrs_local::testing::{TestModelSpec, chat_tokenizer};
+use dsrs_local::{LlamaCppAdapter, LlamaCppConfig, LlamaCppLoadOptions, LlamaCppModel, local_lm};
+
+#[Signature]
+struct QA {
+    /// Answer the question in a few words.
+    #[input]
+    question: String,
+    #[output]
+    answer: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let (path, _scratch) = match std::env::args()
+        .nth(1)
+        .or_else(|| std::env::var("DSRS_MODEL").ok())
+    {
+        Some(path) => (PathBuf::from(path), None),
+        None => {
+            let dir = tempfile::tempdir()?;
+            let path = dir.path().join("tiny-random.gguf");
+            TestModelSpec::tiny(chat_tokenizer()).write(&path)?;
+            println!(
+                "No model given: using a small test model with random weights, so the answer is random."
+            );
+            println!("Pass a GGUF path (or set DSRS_MODEL) to use a real model.\n");
+            (path, Some(dir))
+        }
+    };
+
+    let started = Instant::now();
+    let model = LlamaCppModel::load(&path, LlamaCppLoadOptions::default())
+        .with_context(|| format!("loading {}", path.display()))?;
+    println!(
+        "Loaded {} ({}) in {:.2?}",
+        path.display(),
+        model.architecture(),
+        started.elapsed()
+    );
+
+    configure(
+        local_lm().await?,
+        LlamaCppAdapter::from_loaded_model(Arc::new(model), LlamaCppConfig::default()),
+    );
+
+    let question = "What is the capital of France?";
+    let started = Instant::now();
+    let prediction = Predict::new(QA::new())
+        .forward(example! { "question": "input" => question })
+        .await?;
+    println!("Question: {question}");
+    println!("Answer:   {}", prediction.get("answer", None));
+    println!(
+        "({} prompt + {} completion tokens in {:.2?})",
+        prediction.lm_usage.prompt_tokens,
+        prediction.lm_usage.completion_tokens,
+        started.elapsed()
+    );
+    Ok(())
+}

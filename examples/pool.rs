@@ -1,0 +1,88 @@
+//! Detect the machine, plan a load, and serve one model to both backends through a pool.
+//!
+//! ```text
+//! cargo run --example pool -- path/to/model.gguf
+//! DSRS_DEVICE=fake-gpu:8589934592 cargo run --example pool   # plan for a made-up 8 GiB GPU
+//! ```
+//!
+//! Without a path it writes a small test model with random weights.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use dspy_rs::{Signature, adapter::Adapter, example};
+use dsrs_local::testing::{TestModelSpec, chat_tokenizer};
+use dsrs_local::{
+    CandleAdapter, CandleConfig, CandleModel, HardwareManager, LlamaCppAdapter, LlamaCppConfig,
+    LlamaCppModel, ModelPool, ModelSpec, local_lm,
+};
+
+#[Signature]
+struct QA {
+    /// Answer the question in a few words.
+    #[input]
+    question: String,
+    #[output]
+    answer: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let (path, _scratch) = match std::env::args()
+        .nth(1)
+        .or_else(|| std::env::var("DSRS_MODEL").ok())
+    {
+        Some(path) => (PathBuf::from(path), None),
+        None => {
+            let dir = tempfile::tempdir()?;
+            let path = dir.path().join("tiny-random.gguf");
+            TestModelSpec::tiny(chat_tokenizer()).write(&path)?;
+            println!("No model given: a small test model with random weights (random answers).\n");
+            (path, Some(dir))
+        }
+    };
+
+    let profile = HardwareManager::detect();
+    println!("{profile}\n");
+    let pool = ModelPool::new(profile);
+    let spec = ModelSpec::gguf(&path);
+    println!("plan: {}\n", pool.plan(&spec)?);
+
+    let lm = Arc::new(local_lm().await?);
+    let inputs = example! { "question": "input" => "What is the capital of France?" };
+
+    let llama: Arc<LlamaCppModel> = pool.load(spec.clone())?;
+    let candle: Arc<CandleModel> = pool.load(spec)?;
+    let adapters: Vec<(&str, Box<dyn Adapter>)> = vec![
+        (
+            "llama.cpp",
+            Box::new(LlamaCppAdapter::from_loaded_model(
+                llama,
+                LlamaCppConfig::default(),
+            )),
+        ),
+        (
+            "candle",
+            Box::new(CandleAdapter::from_loaded_model(
+                candle,
+                CandleConfig::default(),
+            )),
+        ),
+    ];
+    for (name, adapter) in &adapters {
+        let prediction = adapter
+            .call(Arc::clone(&lm), &QA::new(), inputs.clone(), vec![])
+            .await?;
+        println!("{name:>9}: {}", prediction.get("answer", None));
+    }
+    for entry in pool.loaded() {
+        println!(
+            "loaded: {} on {} ({:.1} MiB, in use: {})",
+            entry.path.display(),
+            entry.backend,
+            entry.bytes as f64 / f64::from(1u32 << 20),
+            entry.in_use
+        );
+    }
+    Ok(())
+}

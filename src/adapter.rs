@@ -1,0 +1,275 @@
+//! The one implementation of dspy-rs's `Adapter` trait, generic over the backend.
+//!
+//! A call goes: [`format_chat`] → the model's chat template → build the output
+//! grammar → [`Backend::generate`] on tokio's blocking pool, behind a
+//! concurrency limit → [`parse_reply`] → `Prediction` with the backend's real
+//! token counts.
+//!
+//! Settings come from the `LM` that dspy-rs passes to `call` (`temperature`,
+//! `max_tokens`), unless [`GenerationConfig`] overrides them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use dspy_rs::adapter::Adapter;
+use dspy_rs::{Chat, Example, LM, LmUsage, Message, MetaSignature, Prediction};
+use rig::tool::ToolDyn;
+use serde_json::Value;
+use tokio::sync::Semaphore;
+
+use crate::backend::{Backend, Generation, GenerationRequest, Sampling};
+use crate::prompt::{
+    DEFAULT_MAX_TEXT_CHARS, OutputConstraint, SignatureFields, format_chat, parse_reply,
+};
+use crate::{Error, Result};
+
+/// Generation settings of an adapter. `None` fields fall back to the `LM`'s.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct GenerationConfig {
+    /// Overrides `lm.temperature` when set.
+    pub temperature: Option<f32>,
+    /// Overrides `lm.max_tokens` when set.
+    pub max_tokens: Option<usize>,
+    /// Nucleus sampling threshold (1.0 = off).
+    pub top_p: f32,
+    /// Top-k cut (0 = off).
+    pub top_k: usize,
+    /// Fixed seed; `None` draws a fresh one per call (unless greedy).
+    pub seed: Option<u64>,
+    /// Enforce the output grammar while sampling, so every reply parses.
+    pub constrained: bool,
+    /// Most characters of one free-text value (and of each string inside a
+    /// JSON value) under the constraint; lists get a sixteenth as many items.
+    pub max_text_chars: usize,
+    /// Extra stop strings.
+    pub stop: Vec<String>,
+    /// Most generations running at once on this adapter.
+    pub max_concurrency: usize,
+}
+
+impl Default for GenerationConfig {
+    fn default() -> Self {
+        GenerationConfig {
+            temperature: None,
+            max_tokens: None,
+            top_p: 1.0,
+            top_k: 0,
+            seed: None,
+            constrained: true,
+            max_text_chars: DEFAULT_MAX_TEXT_CHARS,
+            stop: Vec::new(),
+            max_concurrency: 4,
+        }
+    }
+}
+
+impl GenerationConfig {
+    /// Sets the temperature (overriding the `LM`'s).
+    #[must_use]
+    pub fn with_temperature(mut self, temperature: f32) -> Self {
+        self.temperature = Some(temperature);
+        self
+    }
+    /// Sets the token budget of a reply (overriding the `LM`'s).
+    #[must_use]
+    pub fn with_max_tokens(mut self, max_tokens: usize) -> Self {
+        self.max_tokens = Some(max_tokens);
+        self
+    }
+    /// Sets top-p.
+    #[must_use]
+    pub fn with_top_p(mut self, top_p: f32) -> Self {
+        self.top_p = top_p;
+        self
+    }
+    /// Sets top-k.
+    #[must_use]
+    pub fn with_top_k(mut self, top_k: usize) -> Self {
+        self.top_k = top_k;
+        self
+    }
+    /// Fixes the seed.
+    #[must_use]
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+    /// Turns the output constraint on or off.
+    #[must_use]
+    pub fn with_constraint(mut self, constrained: bool) -> Self {
+        self.constrained = constrained;
+        self
+    }
+    /// Caps free-text values at this many characters under the constraint.
+    #[must_use]
+    pub fn with_max_text_chars(mut self, chars: usize) -> Self {
+        self.max_text_chars = chars.max(1);
+        self
+    }
+    /// Adds a stop string.
+    #[must_use]
+    pub fn with_stop(mut self, stop: impl Into<String>) -> Self {
+        self.stop.push(stop.into());
+        self
+    }
+    /// Sets how many generations may run at once.
+    #[must_use]
+    pub fn with_max_concurrency(mut self, max_concurrency: usize) -> Self {
+        self.max_concurrency = max_concurrency.max(1);
+        self
+    }
+
+    fn request(
+        &self,
+        lm: &LM,
+        prompt: String,
+        constraint: Option<OutputConstraint>,
+    ) -> GenerationRequest {
+        let temperature = self.temperature.unwrap_or(lm.temperature);
+        let seed = self.seed.unwrap_or_else(rand::random);
+        GenerationRequest {
+            prompt,
+            sampling: Sampling {
+                temperature,
+                top_p: self.top_p,
+                top_k: self.top_k,
+                seed,
+            },
+            max_tokens: self.max_tokens.unwrap_or(lm.max_tokens as usize).max(1),
+            stop: self.stop.clone(),
+            constraint,
+        }
+    }
+}
+
+/// A dspy-rs adapter that runs a local model in-process through a [`Backend`].
+pub struct LocalAdapter<B: Backend> {
+    backend: Arc<B>,
+    config: GenerationConfig,
+    permits: Arc<Semaphore>,
+}
+
+impl<B: Backend> Clone for LocalAdapter<B> {
+    fn clone(&self) -> Self {
+        LocalAdapter {
+            backend: Arc::clone(&self.backend),
+            config: self.config.clone(),
+            permits: Arc::clone(&self.permits),
+        }
+    }
+}
+
+impl<B: Backend> std::fmt::Debug for LocalAdapter<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalAdapter")
+            .field("backend", &self.backend.name())
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: Backend> LocalAdapter<B> {
+    /// An adapter over a backend.
+    pub fn new(backend: Arc<B>, config: GenerationConfig) -> Self {
+        let permits = Arc::new(Semaphore::new(config.max_concurrency.max(1)));
+        LocalAdapter {
+            backend,
+            config,
+            permits,
+        }
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &Arc<B> {
+        &self.backend
+    }
+
+    /// The generation settings.
+    pub fn config(&self) -> &GenerationConfig {
+        &self.config
+    }
+
+    /// Renders a signature call to the exact prompt text the model will see.
+    pub fn render_prompt(&self, signature: &dyn MetaSignature, inputs: &Example) -> Result<String> {
+        let chat = format_chat(signature, inputs)?;
+        self.backend.chat_template().render(&chat)
+    }
+
+    /// Runs one signature call and returns the parsed fields with the raw generation.
+    pub async fn predict(
+        &self,
+        lm: &LM,
+        signature: &dyn MetaSignature,
+        inputs: &Example,
+    ) -> Result<(HashMap<String, Value>, Generation)> {
+        let fields = SignatureFields::of(signature)?;
+        let prompt = self.render_prompt(signature, inputs)?;
+        let constraint = self
+            .config
+            .constrained
+            .then(|| OutputConstraint::for_fields(&fields, self.config.max_text_chars));
+        let request = self.config.request(lm, prompt, constraint);
+        let generation = self.generate(request).await?;
+        let data = parse_reply(&fields, &generation.text)?;
+        Ok((data, generation))
+    }
+
+    /// Runs a raw generation on the blocking pool, behind the concurrency limit.
+    pub async fn generate(&self, request: GenerationRequest) -> Result<Generation> {
+        let _permit = Arc::clone(&self.permits)
+            .acquire_owned()
+            .await
+            .map_err(|e| Error::TaskFailed(e.to_string()))?;
+        let backend = Arc::clone(&self.backend);
+        tokio::task::spawn_blocking(move || backend.generate(&request))
+            .await
+            .map_err(|e| Error::TaskFailed(e.to_string()))?
+    }
+}
+
+fn usage(generation: &Generation) -> LmUsage {
+    let prompt_tokens = generation.prompt_tokens as u64;
+    let completion_tokens = generation.completion_tokens as u64;
+    LmUsage {
+        prompt_tokens,
+        completion_tokens,
+        total_tokens: prompt_tokens + completion_tokens,
+    }
+}
+
+#[async_trait]
+impl<B: Backend> Adapter for LocalAdapter<B> {
+    fn format(&self, signature: &dyn MetaSignature, inputs: Example) -> Chat {
+        format_chat(signature, &inputs).unwrap_or_else(|error| {
+            tracing::warn!(%error, "cannot format this signature");
+            Chat::new(vec![])
+        })
+    }
+
+    /// Parses leniently; fields that cannot be parsed are left out (as
+    /// dspy-rs's `ChatAdapter` does), never a panic. `call` reports them as an error.
+    fn parse_response(
+        &self,
+        signature: &dyn MetaSignature,
+        response: Message,
+    ) -> HashMap<String, Value> {
+        let Ok(fields) = SignatureFields::of(signature) else {
+            return HashMap::new();
+        };
+        parse_reply(&fields, &response.content()).unwrap_or_else(|e| e.parsed)
+    }
+
+    async fn call(
+        &self,
+        lm: Arc<LM>,
+        signature: &dyn MetaSignature,
+        inputs: Example,
+        _tools: Vec<Arc<dyn ToolDyn>>,
+    ) -> anyhow::Result<Prediction> {
+        // The one place our errors become anyhow's, for dspy-rs.
+        let (data, generation) = self.predict(&lm, signature, &inputs).await?;
+        Ok(Prediction::new(data, usage(&generation)))
+    }
+}

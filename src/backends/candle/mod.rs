@@ -1,0 +1,48 @@
+//! `CandleAdapter`: dspy-rs on HuggingFace candle, reading the same GGUF files.
+//!
+//! # Contract
+//!
+//! - **Models**: GGUF files of the `llama` (also Mistral, SmolLM), `qwen2` and
+//!   `qwen3` architectures, any quant type candle reads (F32, F16, BF16,
+//!   Q4_0…Q8_1, K-quants; no i-quants). Another architecture is
+//!   [`Error::UnsupportedArchitecture`](crate::Error::UnsupportedArchitecture)
+//!   naming it; missing, foreign and truncated files are typed errors too.
+//! - **Tokenizer from the GGUF alone**: SentencePiece (`llama`) and byte-level
+//!   BPE (`gpt2`, with llama.cpp's pre-tokenizer for the file's `pre`), built
+//!   from `tokenizer.*` keys; the ids equal llama.cpp's.
+//! - **Prompts**: the same shared render path and chat template as llama.cpp.
+//! - **Generation**: the shared decoder (same sampler, same output grammar
+//!   enforced on the logits); the KV cache is reset for every request; stops
+//!   and finish reasons as the llama.cpp backend.
+//! - **Context**: candle's quantized llama precomputes RoPE for 4096
+//!   positions; qwen2/qwen3 for their trained context. The window is capped
+//!   there and a longer prompt is
+//!   [`Error::PromptTooLong`](crate::Error::PromptTooLong).
+//! - **Concurrency**: a model holds one KV cache, so generations on one
+//!   [`CandleModel`] run one at a time behind a lock; concurrent calls queue
+//!   and all complete. Load the file twice for parallel generations.
+//! - **Device**: the CPU always; with the `cuda` or `metal` feature the GPU
+//!   when present, otherwise the CPU with a logged reason. No Vulkan.
+//! - **Not supported**: tool calling, images, prefix KV reuse.
+
+mod engine;
+mod model;
+pub mod tokenizer;
+
+use std::sync::Arc;
+
+pub use engine::{CandleBackend, CandleConfig};
+pub use model::{CandleDevice, CandleLoadOptions, CandleModel, SUPPORTED_ARCHITECTURES};
+
+use crate::LocalAdapter;
+
+/// The dspy-rs adapter on candle.
+pub type CandleAdapter = LocalAdapter<CandleBackend>;
+
+impl LocalAdapter<CandleBackend> {
+    /// An adapter on a loaded model.
+    pub fn from_loaded_model(model: Arc<CandleModel>, config: CandleConfig) -> Self {
+        let backend = CandleBackend::new(model, &config);
+        LocalAdapter::new(Arc::new(backend), config.generation)
+    }
+}

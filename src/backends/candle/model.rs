@@ -1,0 +1,301 @@
+//! A GGUF model loaded into candle: weights, tokenizer, template, device.
+
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+use candle_core::quantized::gguf_file;
+use candle_core::{Device, Tensor};
+use candle_transformers::models::{quantized_llama, quantized_qwen2, quantized_qwen3};
+
+use super::tokenizer::GgufTokenizer;
+use crate::gguf::GgufHeader;
+use crate::prompt::{ChatTemplate, ConstraintCompiler, TokenVocabulary};
+use crate::{Error, Result};
+
+pub(super) const BACKEND: &str = "candle";
+
+/// The architectures this backend runs (Mistral and SmolLM files say `llama`).
+pub const SUPPORTED_ARCHITECTURES: [&str; 3] = ["llama", "qwen2", "qwen3"];
+
+/// Context length used when neither the load nor the adapter sets one.
+const DEFAULT_CONTEXT_CAP: usize = 4096;
+
+/// candle-transformers' quantized llama precomputes RoPE for this many positions.
+const LLAMA_ROPE_POSITIONS: usize = quantized_llama::MAX_SEQ_LEN;
+
+/// Which device to run on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CandleDevice {
+    /// CUDA or Metal when compiled in and present, else the CPU (with a logged reason).
+    #[default]
+    Auto,
+    /// Always the CPU.
+    Cpu,
+}
+
+/// How to load a model with candle.
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct CandleLoadOptions {
+    /// Device choice.
+    pub device: CandleDevice,
+    /// Context length adapters on this model use unless their config sets one
+    /// (the pool sets it from its plan).
+    pub context_length: Option<usize>,
+}
+
+impl CandleLoadOptions {
+    /// Sets the default context length of adapters on this model.
+    #[must_use]
+    pub fn with_context_length(mut self, tokens: usize) -> Self {
+        self.context_length = Some(tokens);
+        self
+    }
+    /// Sets the device choice.
+    #[must_use]
+    pub fn with_device(mut self, device: CandleDevice) -> Self {
+        self.device = device;
+        self
+    }
+}
+
+/// The weights of one supported architecture.
+pub(super) enum Weights {
+    Llama(quantized_llama::ModelWeights),
+    Qwen2(quantized_qwen2::ModelWeights),
+    Qwen3(quantized_qwen3::ModelWeights),
+}
+
+impl Weights {
+    /// Logits of the last position after feeding `tokens` at `position`.
+    pub(super) fn forward(
+        &mut self,
+        input: &Tensor,
+        position: usize,
+    ) -> candle_core::Result<Tensor> {
+        match self {
+            Weights::Llama(m) => m.forward(input, position),
+            Weights::Qwen2(m) => m.forward(input, position),
+            Weights::Qwen3(m) => m.forward(input, position),
+        }
+    }
+
+    pub(super) fn clear_kv_cache(&mut self) {
+        match self {
+            Weights::Llama(m) => m.clear_kv_cache(),
+            Weights::Qwen2(m) => m.clear_kv_cache(),
+            Weights::Qwen3(m) => m.clear_kv_cache(),
+        }
+    }
+}
+
+/// A model loaded by candle. Share it with `Arc`; it holds one KV cache, so
+/// generations on it run one at a time (a lock per model).
+pub struct CandleModel {
+    weights: Mutex<Weights>,
+    tokenizer: GgufTokenizer,
+    template: ChatTemplate,
+    device: Device,
+    path: PathBuf,
+    architecture: String,
+    max_positions: usize,
+    default_context: Option<usize>,
+    constraint: OnceLock<std::result::Result<ConstraintCompiler, String>>,
+}
+
+impl std::fmt::Debug for CandleModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CandleModel")
+            .field("path", &self.path)
+            .field("architecture", &self.architecture)
+            .field("device", &self.device)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CandleModel {
+    /// Loads a GGUF file. Missing, foreign, truncated files and architectures
+    /// candle cannot run are typed errors.
+    pub fn load(path: impl AsRef<Path>, options: CandleLoadOptions) -> Result<Self> {
+        let path = path.as_ref();
+        let header = GgufHeader::read(path)?;
+        let architecture = header.architecture().unwrap_or("unknown").to_string();
+        if !SUPPORTED_ARCHITECTURES.contains(&architecture.as_str()) {
+            return Err(Error::UnsupportedArchitecture {
+                architecture,
+                backend: BACKEND,
+            });
+        }
+        let tokenizer = GgufTokenizer::from_header(&header)?;
+        let eos_text = header
+            .get_u64("tokenizer.ggml.eos_token_id")
+            .and_then(|id| tokenizer.token_text(u32::try_from(id).ok()?))
+            .unwrap_or("")
+            .to_string();
+        let template = ChatTemplate::from_model(
+            header.chat_template().map(str::to_string),
+            tokenizer.bos_text().to_string(),
+            eos_text,
+        )?;
+        let trained = header
+            .arch_u64("context_length")
+            .unwrap_or(LLAMA_ROPE_POSITIONS as u64) as usize;
+        let max_positions = match architecture.as_str() {
+            "llama" => LLAMA_ROPE_POSITIONS,
+            _ => trained,
+        };
+
+        let device = select_device(options.device);
+        let load_error = |reason: String| Error::ModelLoad {
+            backend: BACKEND,
+            path: path.to_path_buf(),
+            reason,
+        };
+        let file = File::open(path).map_err(|e| Error::ModelNotFound {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let mut reader = BufReader::new(file);
+        let content =
+            gguf_file::Content::read(&mut reader).map_err(|e| load_error(e.to_string()))?;
+        let weights = match architecture.as_str() {
+            "llama" => quantized_llama::ModelWeights::from_gguf(content, &mut reader, &device)
+                .map(Weights::Llama),
+            "qwen2" => quantized_qwen2::ModelWeights::from_gguf(content, &mut reader, &device)
+                .map(Weights::Qwen2),
+            _ => quantized_qwen3::ModelWeights::from_gguf(content, &mut reader, &device)
+                .map(Weights::Qwen3),
+        }
+        .map_err(|e| load_error(e.to_string()))?;
+        Ok(CandleModel {
+            weights: Mutex::new(weights),
+            tokenizer,
+            template,
+            device,
+            path: path.to_path_buf(),
+            architecture,
+            max_positions,
+            default_context: options.context_length,
+            constraint: OnceLock::new(),
+        })
+    }
+
+    /// The file it was loaded from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `general.architecture` of the file.
+    pub fn architecture(&self) -> &str {
+        &self.architecture
+    }
+
+    /// The device it runs on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The chat template prompts are rendered with.
+    pub fn chat_template(&self) -> &ChatTemplate {
+        &self.template
+    }
+
+    /// The tokenizer built from the file.
+    pub fn tokenizer(&self) -> &GgufTokenizer {
+        &self.tokenizer
+    }
+
+    /// Most positions the model can attend over (candle's quantized llama
+    /// precomputes RoPE for 4096; the others use the trained context).
+    pub fn max_positions(&self) -> usize {
+        self.max_positions
+    }
+
+    /// The context length adapters use unless configured otherwise.
+    pub fn default_context_length(&self) -> usize {
+        self.default_context
+            .unwrap_or(DEFAULT_CONTEXT_CAP)
+            .clamp(1, self.max_positions.max(1))
+    }
+
+    /// Tokenizes a rendered prompt, adding BOS only when the template did not print it.
+    pub fn tokenize_prompt(&self, prompt: &str) -> Vec<u32> {
+        let add_bos = self.template.needs_bos(prompt, self.tokenizer.adds_bos());
+        self.tokenizer.encode(prompt, add_bos)
+    }
+
+    /// The grammar compiler for this vocabulary (indexed once, on first use).
+    pub fn constraint_compiler(&self) -> Result<&ConstraintCompiler> {
+        self.constraint
+            .get_or_init(|| {
+                let vocabulary = TokenVocabulary {
+                    tokens: self.tokenizer.constraint_tokens(),
+                    end_of_generation: self.tokenizer.end_of_generation().to_vec(),
+                };
+                ConstraintCompiler::new(&vocabulary).map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(|reason| Error::Constraint(reason.clone()))
+    }
+
+    /// The logits for the token after `text` (tokenized as a prompt, with no
+    /// chat template): a direct look at what the model computes.
+    pub fn next_token_logits(&self, text: &str) -> Result<Vec<f32>> {
+        let tokens = self.tokenize_prompt(text);
+        let mut weights = self.lock_weights()?;
+        weights.clear_kv_cache();
+        super::engine::forward(&mut weights, self, &tokens, 0)
+    }
+
+    /// Exclusive use of the weights and their KV cache.
+    pub(super) fn lock_weights(&self) -> Result<MutexGuard<'_, Weights>> {
+        self.weights.lock().map_err(|_| {
+            Error::TaskFailed("a candle generation panicked; the model is unusable".into())
+        })
+    }
+}
+
+fn select_device(choice: CandleDevice) -> Device {
+    if choice == CandleDevice::Cpu {
+        return Device::Cpu;
+    }
+    if candle_core::utils::cuda_is_available() {
+        match Device::new_cuda(0) {
+            Ok(device) => return device,
+            Err(e) => {
+                tracing::warn!(error = %e, "CUDA is compiled in but device 0 failed; using the CPU")
+            }
+        }
+    } else if candle_core::utils::metal_is_available() {
+        match Device::new_metal(0) {
+            Ok(device) => return device,
+            Err(e) => tracing::warn!(error = %e, "Metal is compiled in but failed; using the CPU"),
+        }
+    } else {
+        tracing::info!(
+            "candle runs on the CPU: no CUDA or Metal support compiled in, or no such device present"
+        );
+    }
+    Device::Cpu
+}
+
+impl crate::pool::PoolModel for CandleModel {
+    const BACKEND: &'static str = BACKEND;
+
+    fn load_planned(path: &Path, plan: &crate::pool::plan::LoadPlan) -> Result<Self> {
+        // candle places a whole model on one device: the GPU only when the
+        // plan fits every layer there.
+        let device = if plan.gpu_layers == plan.total_layers && plan.device.is_some() {
+            CandleDevice::Auto
+        } else {
+            CandleDevice::Cpu
+        };
+        let options = CandleLoadOptions::default()
+            .with_device(device)
+            .with_context_length(plan.context as usize);
+        Self::load(path, options)
+    }
+}

@@ -1,0 +1,48 @@
+//! `LlamaCppAdapter`: dspy-rs on llama.cpp (through `llama-cpp-2`), in-process.
+//!
+//! # Contract
+//!
+//! - **Models**: any GGUF file llama.cpp can run. [`LlamaCppModel::load`]
+//!   checks the file first (missing, not GGUF, truncated → typed errors;
+//!   an architecture llama.cpp does not know → [`Error::UnsupportedArchitecture`](crate::Error::UnsupportedArchitecture)).
+//!   The model is shared through `Arc`; llama.cpp's global state is
+//!   initialised once per process.
+//! - **Prompts**: the shared prompt layer renders the DSPy chat through the
+//!   model's own Jinja chat template (ChatML without one). A BOS token the
+//!   template prints is not added a second time.
+//! - **Generation**: the shared decoder (greedy at temperature 0, otherwise
+//!   temperature/top-k/top-p with a seed) with the signature's output grammar
+//!   enforced on the logits, so every reply parses. It ends at an
+//!   end-of-generation token, the `[[ ## completed ## ]]` marker, a stop
+//!   string, the end of the grammar, `max_tokens`, or a full context
+//!   (finish reason `Length`).
+//! - **Usage**: prompt tokens are the model tokenizer's count of the rendered
+//!   prompt; completion tokens are the tokens the decode loop produced.
+//! - **Concurrency**: each adapter owns one worker thread with one llama.cpp
+//!   context; concurrent calls queue and run one after another on it. Callers
+//!   wait on tokio's blocking pool, never on the async executor. Several
+//!   adapters on one model each have their own context.
+//! - **Cancellation**: dropping a call's future stops waiting for it; the
+//!   worker finishes that generation and drops the result.
+//! - **Not supported**: tool calling (dspy-rs tools are ignored), images.
+
+mod engine;
+mod model;
+
+use std::sync::Arc;
+
+pub use engine::{LlamaCppBackend, LlamaCppConfig};
+pub use model::{LlamaCppLoadOptions, LlamaCppModel};
+
+use crate::LocalAdapter;
+
+/// The dspy-rs adapter on llama.cpp.
+pub type LlamaCppAdapter = LocalAdapter<LlamaCppBackend>;
+
+impl LocalAdapter<LlamaCppBackend> {
+    /// An adapter on a loaded model.
+    pub fn from_loaded_model(model: Arc<LlamaCppModel>, config: LlamaCppConfig) -> Self {
+        let backend = LlamaCppBackend::new(model, &config);
+        LocalAdapter::new(Arc::new(backend), config.generation)
+    }
+}

@@ -1,0 +1,350 @@
+//! `HardwareManager`: what this machine has (GPUs with their memory, CPU
+//! cores, RAM), kept apart from what this build can use.
+//!
+//! Every probe is optional and fails soft (a log line, no error):
+//! - NVIDIA GPUs through NVML (`nvml-wrapper` loads the driver's library at
+//!   run time, so a CPU-only build still sees the GPU);
+//! - AMD GPUs through `/sys/class/drm/*/device/mem_info_vram_*` (Linux);
+//! - llama.cpp's own device list, when the `llamacpp` feature is on;
+//! - RAM and cores through `sysinfo`.
+//!
+//! `DSRS_DEVICE=cpu` hides every GPU; `DSRS_DEVICE=fake-gpu:<bytes>` replaces
+//! them with one made-up CUDA GPU of that many free bytes (for tests and
+//! planning on another machine). [`DetectOptions`] does the same in code.
+
+mod probes;
+
+use std::fmt;
+
+/// The kind of an accelerator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AcceleratorKind {
+    /// NVIDIA, through CUDA.
+    Cuda,
+    /// AMD, through ROCm/HIP.
+    Rocm,
+    /// Any GPU through Vulkan.
+    Vulkan,
+    /// Apple silicon, through Metal.
+    Metal,
+    /// The CPU (as llama.cpp lists it).
+    Cpu,
+}
+
+impl AcceleratorKind {
+    /// The cargo feature of this crate that would use it, if any.
+    pub fn feature(self) -> Option<&'static str> {
+        match self {
+            AcceleratorKind::Cuda => Some("cuda"),
+            AcceleratorKind::Rocm | AcceleratorKind::Vulkan => Some("vulkan"),
+            AcceleratorKind::Metal => Some("metal"),
+            AcceleratorKind::Cpu => None,
+        }
+    }
+
+    /// Whether this build can run models on it.
+    pub fn compiled_in(self) -> bool {
+        match self {
+            AcceleratorKind::Cuda => cfg!(feature = "cuda"),
+            AcceleratorKind::Rocm | AcceleratorKind::Vulkan => {
+                cfg!(all(feature = "vulkan", feature = "llamacpp"))
+            }
+            AcceleratorKind::Metal => cfg!(feature = "metal"),
+            AcceleratorKind::Cpu => true,
+        }
+    }
+}
+
+/// How much memory a device has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceMemory {
+    /// Its own memory.
+    Discrete {
+        /// Total bytes.
+        total: u64,
+        /// Free bytes now.
+        free: u64,
+    },
+    /// Shared with the CPU (Apple silicon, integrated GPUs): what it may use.
+    Unified {
+        /// Bytes the GPU may use.
+        budget: u64,
+    },
+}
+
+impl DeviceMemory {
+    /// Bytes usable now: free memory, or the unified budget.
+    pub fn available(&self) -> u64 {
+        match *self {
+            DeviceMemory::Discrete { free, .. } => free,
+            DeviceMemory::Unified { budget } => budget,
+        }
+    }
+}
+
+/// One accelerator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accelerator {
+    /// Its kind.
+    pub kind: AcceleratorKind,
+    /// Index among devices of its kind.
+    pub index: u32,
+    /// Product name.
+    pub name: String,
+    /// Its memory.
+    pub memory: DeviceMemory,
+    /// Which probe found it (`nvml`, `sysfs`, `llama.cpp`, `override`).
+    pub source: &'static str,
+}
+
+impl Accelerator {
+    /// `CUDA0 (NVIDIA H100 80GB HBM3)`.
+    pub fn label(&self) -> String {
+        let kind = match self.kind {
+            AcceleratorKind::Cuda => "CUDA",
+            AcceleratorKind::Rocm => "ROCm",
+            AcceleratorKind::Vulkan => "Vulkan",
+            AcceleratorKind::Metal => "Metal",
+            AcceleratorKind::Cpu => "CPU",
+        };
+        format!("{kind}{} ({})", self.index, self.name)
+    }
+
+    /// Whether this build can run models on it.
+    pub fn usable(&self) -> bool {
+        self.kind.compiled_in()
+    }
+}
+
+/// The CPU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CpuInfo {
+    /// Brand string.
+    pub name: String,
+    /// Physical cores (falls back to logical when unknown).
+    pub physical_cores: usize,
+    /// Logical cores (hardware threads).
+    pub logical_cores: usize,
+}
+
+/// System memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SystemMemory {
+    /// Total bytes.
+    pub total: u64,
+    /// Bytes available to a new process.
+    pub available: u64,
+}
+
+/// A backend this build contains, with the devices it can drive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompiledBackend {
+    /// `llama.cpp` or `candle`.
+    pub name: &'static str,
+    /// Device kinds compiled in.
+    pub devices: Vec<AcceleratorKind>,
+}
+
+/// The backends and accelerators compiled into this build (from `cfg!`, not the machine).
+pub fn compiled_backends() -> Vec<CompiledBackend> {
+    let mut backends = Vec::new();
+    if cfg!(feature = "llamacpp") {
+        let mut devices = vec![AcceleratorKind::Cpu];
+        if cfg!(feature = "cuda") {
+            devices.push(AcceleratorKind::Cuda);
+        }
+        if cfg!(feature = "vulkan") {
+            devices.push(AcceleratorKind::Vulkan);
+        }
+        if cfg!(feature = "metal") {
+            devices.push(AcceleratorKind::Metal);
+        }
+        backends.push(CompiledBackend {
+            name: "llama.cpp",
+            devices,
+        });
+    }
+    if cfg!(feature = "candle") {
+        let mut devices = vec![AcceleratorKind::Cpu];
+        if cfg!(feature = "cuda") {
+            devices.push(AcceleratorKind::Cuda);
+        }
+        if cfg!(feature = "metal") {
+            devices.push(AcceleratorKind::Metal);
+        }
+        backends.push(CompiledBackend {
+            name: "candle",
+            devices,
+        });
+    }
+    backends
+}
+
+/// What the machine has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HardwareProfile {
+    /// GPUs and other accelerators (the CPU is described by `cpu`).
+    pub accelerators: Vec<Accelerator>,
+    /// The CPU.
+    pub cpu: CpuInfo,
+    /// System memory.
+    pub memory: SystemMemory,
+    /// What this build can use.
+    pub compiled: Vec<CompiledBackend>,
+}
+
+impl HardwareProfile {
+    /// Accelerators this build can run models on.
+    pub fn usable_accelerators(&self) -> impl Iterator<Item = &Accelerator> {
+        self.accelerators.iter().filter(|a| a.usable())
+    }
+
+    /// A profile with only a CPU (for planning and tests).
+    pub fn cpu_only(cpu: CpuInfo, memory: SystemMemory) -> Self {
+        HardwareProfile {
+            accelerators: Vec::new(),
+            cpu,
+            memory,
+            compiled: compiled_backends(),
+        }
+    }
+}
+
+fn gib(bytes: u64) -> f64 {
+    bytes as f64 / f64::from(1u32 << 30)
+}
+
+impl fmt::Display for HardwareProfile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "CPU: {} ({} physical / {} logical cores)",
+            self.cpu.name, self.cpu.physical_cores, self.cpu.logical_cores
+        )?;
+        writeln!(
+            f,
+            "RAM: {:.1} GiB total, {:.1} GiB available",
+            gib(self.memory.total),
+            gib(self.memory.available)
+        )?;
+        if self.accelerators.is_empty() {
+            writeln!(f, "GPUs: none detected")?;
+        }
+        for a in &self.accelerators {
+            let memory = match a.memory {
+                DeviceMemory::Discrete { total, free } => {
+                    format!("{:.1} GiB total, {:.1} GiB free", gib(total), gib(free))
+                }
+                DeviceMemory::Unified { budget } => {
+                    format!("unified, {:.1} GiB budget", gib(budget))
+                }
+            };
+            let status = if a.usable() {
+                "compiled in".to_string()
+            } else {
+                match a.kind.feature() {
+                    Some(feature) => format!("not compiled in: build with --features {feature}"),
+                    None => "not usable by this build".to_string(),
+                }
+            };
+            writeln!(f, "GPU: {}: {memory} [{}; {status}]", a.label(), a.source)?;
+        }
+        let compiled: Vec<String> = self
+            .compiled
+            .iter()
+            .map(|b| {
+                format!(
+                    "{} ({})",
+                    b.name,
+                    b.devices
+                        .iter()
+                        .map(|d| format!("{d:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })
+            .collect();
+        write!(
+            f,
+            "compiled backends: {}",
+            if compiled.is_empty() {
+                "none".into()
+            } else {
+                compiled.join("; ")
+            }
+        )
+    }
+}
+
+/// Overrides of detection.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DetectOptions {
+    /// Report no accelerator at all.
+    pub force_cpu: bool,
+    /// Replace detected accelerators with one made-up CUDA GPU of this many free bytes.
+    pub fake_gpu_bytes: Option<u64>,
+}
+
+impl DetectOptions {
+    /// Reads `DSRS_DEVICE` (`cpu`, or `fake-gpu:<bytes>`).
+    pub fn from_env() -> Self {
+        let Ok(value) = std::env::var("DSRS_DEVICE") else {
+            return Self::default();
+        };
+        let value = value.trim().to_ascii_lowercase();
+        if value == "cpu" {
+            return DetectOptions {
+                force_cpu: true,
+                fake_gpu_bytes: None,
+            };
+        }
+        match value.strip_prefix("fake-gpu:").map(str::parse::<u64>) {
+            Some(Ok(bytes)) => DetectOptions {
+                force_cpu: false,
+                fake_gpu_bytes: Some(bytes),
+            },
+            _ => {
+                tracing::warn!(%value, "DSRS_DEVICE is not `cpu` or `fake-gpu:<bytes>`; ignored");
+                Self::default()
+            }
+        }
+    }
+}
+
+/// Detects the machine.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HardwareManager;
+
+impl HardwareManager {
+    /// Probes the machine, honouring `DSRS_DEVICE`.
+    pub fn detect() -> HardwareProfile {
+        Self::detect_with(&DetectOptions::from_env())
+    }
+
+    /// Probes the machine with explicit overrides.
+    pub fn detect_with(options: &DetectOptions) -> HardwareProfile {
+        let (cpu, memory) = probes::system();
+        let accelerators = if options.force_cpu {
+            Vec::new()
+        } else if let Some(bytes) = options.fake_gpu_bytes {
+            vec![Accelerator {
+                kind: AcceleratorKind::Cuda,
+                index: 0,
+                name: "fake GPU (DSRS_DEVICE)".into(),
+                memory: DeviceMemory::Discrete {
+                    total: bytes,
+                    free: bytes,
+                },
+                source: "override",
+            }]
+        } else {
+            probes::accelerators()
+        };
+        HardwareProfile {
+            accelerators,
+            cpu,
+            memory,
+            compiled: compiled_backends(),
+        }
+    }
+}

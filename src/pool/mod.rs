@@ -1,0 +1,353 @@
+//! `ModelPool`: loads each model once, sized to the machine, shares it
+//! between adapters, and unloads idle models when memory runs short.
+//!
+//! ```text
+//! let pool = ModelPool::new(HardwareManager::detect());
+//! let model = pool.load(ModelSpec::gguf("model.gguf"))?;          // Arc<LlamaCppModel> or Arc<CandleModel>
+//! configure(lm, LlamaCppAdapter::from_loaded_model(model, LlamaCppConfig::default()));
+//! ```
+//!
+//! - **Plan**: [`plan::plan`] sizes the load from the GGUF header and the
+//!   detected devices (GPU layers, context, KV type, batch) and says why.
+//! - **Share**: the same spec and plan give the same `Arc`; concurrent first
+//!   requests load once (single flight).
+//! - **Evict**: loads are kept within a memory budget; when a new load would
+//!   exceed it, models nobody holds are unloaded least recently used first.
+//!   A model still held by an adapter is never unloaded.
+
+pub mod plan;
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+use crate::gguf::GgufHeader;
+use crate::hardware::HardwareProfile;
+use crate::{Error, Result};
+use plan::{DeviceBudget, LoadPlan, ModelFacts, PlanRequest};
+
+/// What to load.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct ModelSpec {
+    /// The GGUF file.
+    pub path: PathBuf,
+    /// Context length wanted (`None` = the trained length, at most 8192).
+    pub context: Option<u32>,
+    /// Fail instead of lowering the context when it does not fit.
+    pub pin_context: bool,
+    /// Keep the model on the CPU.
+    pub cpu_only: bool,
+    /// Cap on the GPU memory this load may use, in bytes.
+    pub memory_limit: Option<u64>,
+}
+
+impl ModelSpec {
+    /// A local GGUF file.
+    pub fn gguf(path: impl Into<PathBuf>) -> Self {
+        ModelSpec {
+            path: path.into(),
+            context: None,
+            pin_context: false,
+            cpu_only: false,
+            memory_limit: None,
+        }
+    }
+    /// Asks for a context length (lowered if it does not fit).
+    #[must_use]
+    pub fn with_context(mut self, tokens: u32) -> Self {
+        self.context = Some(tokens);
+        self
+    }
+    /// Requires exactly this context length (an error if it does not fit).
+    #[must_use]
+    pub fn with_pinned_context(mut self, tokens: u32) -> Self {
+        self.context = Some(tokens);
+        self.pin_context = true;
+        self
+    }
+    /// Keeps the model on the CPU.
+    #[must_use]
+    pub fn cpu_only(mut self) -> Self {
+        self.cpu_only = true;
+        self
+    }
+    /// Caps the GPU memory of this load.
+    #[must_use]
+    pub fn with_memory_limit(mut self, bytes: u64) -> Self {
+        self.memory_limit = Some(bytes);
+        self
+    }
+
+    fn plan_request(&self) -> PlanRequest {
+        PlanRequest {
+            context: self.context,
+            pin_context: self.pin_context,
+            cpu_only: self.cpu_only,
+            memory_limit: self.memory_limit,
+        }
+    }
+}
+
+/// A model type the pool can load: one per backend.
+pub trait PoolModel: Send + Sync + Sized + 'static {
+    /// The backend's name.
+    const BACKEND: &'static str;
+    /// Loads `path` as the plan says.
+    fn load_planned(path: &Path, plan: &LoadPlan) -> Result<Self>;
+}
+
+/// One loaded model as the pool lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadedEntry {
+    /// The file.
+    pub path: PathBuf,
+    /// The backend that holds it.
+    pub backend: &'static str,
+    /// How it was sized.
+    pub plan: LoadPlan,
+    /// Memory it takes (GPU + host), by the plan's estimate.
+    pub bytes: u64,
+    /// Whether an adapter still holds it.
+    pub in_use: bool,
+}
+
+type Key = (PathBuf, TypeId, Option<u32>, bool, bool, Option<u64>);
+
+struct Slot {
+    cell: OnceLock<std::result::Result<Arc<dyn Any + Send + Sync>, String>>,
+    meta: Mutex<Option<SlotMeta>>,
+}
+
+#[derive(Clone)]
+struct SlotMeta {
+    path: PathBuf,
+    backend: &'static str,
+    plan: LoadPlan,
+    bytes: u64,
+    last_used: Instant,
+}
+
+/// Loads models once and shares them; see the module docs.
+pub struct ModelPool {
+    profile: HardwareProfile,
+    budget: Option<u64>,
+    slots: Mutex<HashMap<Key, Arc<Slot>>>,
+}
+
+impl std::fmt::Debug for ModelPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelPool")
+            .field("budget", &self.budget)
+            .field("loaded", &self.loaded().len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn poisoned<T>(_: T) -> Error {
+    Error::TaskFailed("the model pool's lock was poisoned by a panic".into())
+}
+
+impl ModelPool {
+    /// A pool for this machine. Its memory budget is what the machine has
+    /// (usable GPU memory plus available RAM) unless set with [`with_budget`](Self::with_budget).
+    pub fn new(profile: HardwareProfile) -> Self {
+        ModelPool {
+            profile,
+            budget: None,
+            slots: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Sets the memory budget for all loaded models together, in bytes.
+    #[must_use]
+    pub fn with_budget(mut self, bytes: u64) -> Self {
+        self.budget = Some(bytes);
+        self
+    }
+
+    /// The machine the pool sizes for.
+    pub fn profile(&self) -> &HardwareProfile {
+        &self.profile
+    }
+
+    fn budget(&self) -> u64 {
+        self.budget.unwrap_or_else(|| {
+            let gpu: u64 = self
+                .profile
+                .usable_accelerators()
+                .map(|a| a.memory.available())
+                .sum();
+            gpu + self.profile.memory.available
+        })
+    }
+
+    /// Plans a load without loading (reads the header only).
+    pub fn plan(&self, spec: &ModelSpec) -> Result<LoadPlan> {
+        let header = GgufHeader::read(&spec.path)?;
+        let facts = ModelFacts::from_header(&header)?;
+        let gpus: Vec<DeviceBudget> = self
+            .profile
+            .usable_accelerators()
+            .map(|a| DeviceBudget {
+                name: a.label(),
+                available: a.memory.available(),
+            })
+            .collect();
+        plan::plan(
+            &facts,
+            &gpus,
+            self.profile.memory.available,
+            &spec.plan_request(),
+        )
+    }
+
+    /// Loads (or returns the already loaded) model for `spec` with backend `M`
+    /// (usually inferred from the adapter it is handed to).
+    pub fn load<M: PoolModel>(&self, spec: ModelSpec) -> Result<Arc<M>> {
+        let key: Key = (
+            spec.path.clone(),
+            TypeId::of::<M>(),
+            spec.context,
+            spec.pin_context,
+            spec.cpu_only,
+            spec.memory_limit,
+        );
+        let slot = {
+            let mut slots = self.slots.lock().map_err(poisoned)?;
+            Arc::clone(slots.entry(key.clone()).or_insert_with(|| {
+                Arc::new(Slot {
+                    cell: OnceLock::new(),
+                    meta: Mutex::new(None),
+                })
+            }))
+        };
+        // Single flight: concurrent callers of one key wait on the same load.
+        let loaded = slot
+            .cell
+            .get_or_init(|| self.load_slot::<M>(&spec, &key, &slot));
+        match loaded {
+            Ok(any) => {
+                if let Some(meta) = slot.meta.lock().map_err(poisoned)?.as_mut() {
+                    meta.last_used = Instant::now();
+                }
+                Arc::clone(any).downcast::<M>().map_err(|_| {
+                    Error::TaskFailed("the pool holds another type under this key".into())
+                })
+            }
+            Err(reason) => {
+                let reason = reason.clone();
+                // Forget the failure so a later call can try again.
+                self.slots.lock().map_err(poisoned)?.remove(&key);
+                Err(Error::ModelLoad {
+                    backend: M::BACKEND,
+                    path: spec.path,
+                    reason,
+                })
+            }
+        }
+    }
+
+    fn load_slot<M: PoolModel>(
+        &self,
+        spec: &ModelSpec,
+        key: &Key,
+        slot: &Slot,
+    ) -> std::result::Result<Arc<dyn Any + Send + Sync>, String> {
+        let plan = self.plan(spec).map_err(|e| e.to_string())?;
+        let bytes = plan.gpu_bytes() + plan.host_bytes;
+        self.make_room(bytes, key).map_err(|e| e.to_string())?;
+        tracing::info!(path = %spec.path.display(), backend = M::BACKEND, %plan, "loading");
+        let model = M::load_planned(&spec.path, &plan).map_err(|e| e.to_string())?;
+        if let Ok(mut meta) = slot.meta.lock() {
+            *meta = Some(SlotMeta {
+                path: spec.path.clone(),
+                backend: M::BACKEND,
+                plan,
+                bytes,
+                last_used: Instant::now(),
+            });
+        }
+        Ok(Arc::new(model))
+    }
+
+    /// Unloads idle models, least recently used first, until `needed` more
+    /// bytes fit the budget. Fails when the models in use leave too little.
+    fn make_room(&self, needed: u64, loading: &Key) -> Result<()> {
+        let budget = self.budget();
+        let mut slots = self.slots.lock().map_err(poisoned)?;
+        let mut idle: Vec<(Key, Instant, u64)> = Vec::new();
+        let mut used = 0u64;
+        for (key, slot) in slots.iter() {
+            if key == loading {
+                continue;
+            }
+            let Some(meta) = slot.meta.lock().map_err(poisoned)?.clone() else {
+                continue;
+            };
+            used += meta.bytes;
+            if !in_use(slot) {
+                idle.push((key.clone(), meta.last_used, meta.bytes));
+            }
+        }
+        idle.sort_by_key(|(_, last_used, _)| *last_used);
+        for (key, _, bytes) in idle {
+            if used + needed <= budget {
+                break;
+            }
+            tracing::info!(path = %key.0.display(), "unloading an idle model to make room");
+            slots.remove(&key);
+            used -= bytes;
+        }
+        if used + needed > budget {
+            return Err(Error::InsufficientMemory {
+                needed,
+                available: budget.saturating_sub(used),
+                detail: "the pool's budget is taken by models still in use".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Unloads a model now if nobody holds it; returns whether it was unloaded.
+    pub fn unload(&self, path: impl AsRef<Path>) -> Result<bool> {
+        let path = path.as_ref();
+        let mut slots = self.slots.lock().map_err(poisoned)?;
+        let idle: Vec<Key> = slots
+            .iter()
+            .filter(|(key, slot)| key.0 == path && !in_use(slot))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in &idle {
+            slots.remove(key);
+        }
+        Ok(!idle.is_empty())
+    }
+
+    /// What is loaded, with its plan and memory.
+    pub fn loaded(&self) -> Vec<LoadedEntry> {
+        let Ok(slots) = self.slots.lock() else {
+            return Vec::new();
+        };
+        slots
+            .values()
+            .filter_map(|slot| {
+                let meta = slot.meta.lock().ok()?.clone()?;
+                Some(LoadedEntry {
+                    path: meta.path,
+                    backend: meta.backend,
+                    plan: meta.plan,
+                    bytes: meta.bytes,
+                    in_use: in_use(slot),
+                })
+            })
+            .collect()
+    }
+}
+
+/// A loaded model is in use while anyone but the pool holds its `Arc`.
+fn in_use(slot: &Slot) -> bool {
+    matches!(slot.cell.get(), Some(Ok(model)) if Arc::strong_count(model) > 1)
+}

@@ -1,0 +1,27 @@
+//! Test support, behind the `test-utils` feature: a scripted backend that
+//! needs no model, and small GGUF models written on the fly.
+
+mod mock;
+mod model_builder;
+
+use std::path::PathBuf;
+
+pub use mock::ScriptedBackend;
+pub use model_builder::{BYTE_LEVEL_SPECIAL_TOKENS, TestModelSpec, TestTokenizer, WeightType};
+
+/// `../shared/models/<relative>` beside this crate's checkout, when present.
+pub fn shared_model(relative: &str) -> Option<PathBuf> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/models")
+        .join(relative);
+    path.is_file().then_some(path)
+}
+
+/// The tokenizer test chat models use: deepseek-coder's real vocabulary and
+/// chat template from `../shared` when present, else the byte-level one.
+pub fn chat_tokenizer() -> TestTokenizer {
+    match shared_model("vocab/ggml-vocab-deepseek-coder-chat.gguf") {
+        Some(path) => TestTokenizer::CopyFrom(path),
+        None => TestTokenizer::ByteLevel,
+    }
+}

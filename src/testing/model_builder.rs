@@ -1,0 +1,347 @@
+//! Writes small llama-architecture GGUF models with seeded random weights,
+//! a real tokenizer and a chat template, so tests and benchmarks need no download.
+//!
+//! The tokenizer and template are copied from a vocabulary-only GGUF (such as
+//! llama.cpp's `ggml-vocab-deepseek-coder-chat.gguf`) when one is given, or
+//! built here: a byte-level BPE vocabulary with ChatML special tokens.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::gguf_file::{self, Value};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::{Error, Result};
+
+/// How the weights are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightType {
+    /// 32-bit floats.
+    F32,
+    /// 16-bit floats.
+    F16,
+    /// 8-bit blocks of 32.
+    Q8_0,
+    /// 4-bit K-quant blocks of 256 (tensors whose rows are not a multiple of
+    /// 256 fall back to Q8_0, as llama.cpp's quantizer does).
+    Q4K,
+}
+
+/// Where the vocabulary comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TestTokenizer {
+    /// Copy every `tokenizer.*` key from this GGUF file.
+    CopyFrom(PathBuf),
+    /// A byte-level BPE vocabulary built here, with ChatML special tokens.
+    ByteLevel,
+}
+
+/// The shape and contents of a test model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TestModelSpec {
+    /// Transformer blocks.
+    pub layers: usize,
+    /// Model width.
+    pub hidden: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// Key/value heads (grouped-query attention when fewer than `heads`).
+    pub kv_heads: usize,
+    /// Feed-forward width.
+    pub ffn: usize,
+    /// Trained context length written to the header.
+    pub context_length: usize,
+    /// Storage type of the 2-D weights (norms are always F32).
+    pub weights: WeightType,
+    /// Seed of the random weights.
+    pub seed: u64,
+    /// Standard deviation of the random weights.
+    pub scale: f32,
+    /// The vocabulary.
+    pub tokenizer: TestTokenizer,
+    /// `general.architecture`; the hyperparameter keys are always `llama.*`,
+    /// so anything but `"llama"` makes a file no engine should accept.
+    pub architecture: String,
+}
+
+impl TestModelSpec {
+    /// A tiny model (2 layers, width 64) that loads and runs in milliseconds.
+    pub fn tiny(tokenizer: TestTokenizer) -> Self {
+        TestModelSpec {
+            layers: 2,
+            hidden: 64,
+            heads: 4,
+            kv_heads: 2,
+            ffn: 128,
+            context_length: 4096,
+            weights: WeightType::F32,
+            seed: 42,
+            scale: 0.5,
+            tokenizer,
+            architecture: "llama".into(),
+        }
+    }
+
+    /// Qwen2.5-0.5B's shape (24 layers, width 896, 14/2 heads, FFN 4864): runs
+    /// at that model's real speed, for benchmarks.
+    pub fn qwen2_5_0_5b_shape(tokenizer: TestTokenizer, weights: WeightType) -> Self {
+        TestModelSpec {
+            layers: 24,
+            hidden: 896,
+            heads: 14,
+            kv_heads: 2,
+            ffn: 4864,
+            context_length: 32768,
+            weights,
+            seed: 7,
+            scale: 0.02,
+            tokenizer,
+            architecture: "llama".into(),
+        }
+    }
+
+    /// Sets the weight type.
+    #[must_use]
+    pub fn with_weights(mut self, weights: WeightType) -> Self {
+        self.weights = weights;
+        self
+    }
+
+    /// Sets the seed.
+    #[must_use]
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// Sets `general.architecture`.
+    #[must_use]
+    pub fn with_architecture(mut self, architecture: impl Into<String>) -> Self {
+        self.architecture = architecture.into();
+        self
+    }
+
+    /// Writes the model to `path`.
+    pub fn write(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        let fail = |e: &dyn std::fmt::Display| {
+            Error::InvalidConfig(format!("writing test model {}: {e}", path.display()))
+        };
+        if self.heads == 0
+            || self.hidden % self.heads != 0
+            || self.kv_heads == 0
+            || self.heads % self.kv_heads != 0
+        {
+            return Err(fail(
+                &"heads must divide the width and be a multiple of kv_heads",
+            ));
+        }
+        let mut metadata = self.tokenizer_metadata().map_err(|e| fail(&e))?;
+        let vocab = match metadata.get("tokenizer.ggml.tokens") {
+            Some(Value::Array(tokens)) => tokens.len(),
+            _ => return Err(fail(&"the tokenizer has no token list")),
+        };
+        let head_dim = self.hidden / self.heads;
+        let u32_of = |n: usize| Value::U32(n as u32);
+        for (key, value) in [
+            (
+                "general.architecture",
+                Value::String(self.architecture.clone()),
+            ),
+            (
+                "general.name",
+                Value::String("dsrs-local test model".into()),
+            ),
+            ("llama.block_count", u32_of(self.layers)),
+            ("llama.context_length", u32_of(self.context_length)),
+            ("llama.embedding_length", u32_of(self.hidden)),
+            ("llama.feed_forward_length", u32_of(self.ffn)),
+            ("llama.attention.head_count", u32_of(self.heads)),
+            ("llama.attention.head_count_kv", u32_of(self.kv_heads)),
+            ("llama.rope.dimension_count", u32_of(head_dim)),
+            ("llama.rope.freq_base", Value::F32(10_000.0)),
+            ("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
+            ("llama.vocab_size", u32_of(vocab)),
+        ] {
+            metadata.insert(key.to_string(), value);
+        }
+
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
+        let mut tensors: Vec<(String, QTensor)> = Vec::new();
+        let weight = |rows: usize, cols: usize, rng: &mut ChaCha8Rng| -> Result<QTensor> {
+            let tensor = random_tensor(rng, rows, cols, self.scale).map_err(|e| fail(&e))?;
+            quantize(&tensor, cols, self.weights).map_err(|e| fail(&e))
+        };
+        let norm = |n: usize| -> Result<QTensor> {
+            let ones =
+                Tensor::ones(n, candle_core::DType::F32, &Device::Cpu).map_err(|e| fail(&e))?;
+            QTensor::quantize(&ones, GgmlDType::F32).map_err(|e| fail(&e))
+        };
+        tensors.push((
+            "token_embd.weight".into(),
+            weight(vocab, self.hidden, &mut rng)?,
+        ));
+        for layer in 0..self.layers {
+            let q = self.heads * head_dim;
+            let kv = self.kv_heads * head_dim;
+            for (name, rows, cols) in [
+                ("attn_q", q, self.hidden),
+                ("attn_k", kv, self.hidden),
+                ("attn_v", kv, self.hidden),
+                ("attn_output", self.hidden, q),
+                ("ffn_gate", self.ffn, self.hidden),
+                ("ffn_up", self.ffn, self.hidden),
+                ("ffn_down", self.hidden, self.ffn),
+            ] {
+                tensors.push((
+                    format!("blk.{layer}.{name}.weight"),
+                    weight(rows, cols, &mut rng)?,
+                ));
+            }
+            tensors.push((format!("blk.{layer}.attn_norm.weight"), norm(self.hidden)?));
+            tensors.push((format!("blk.{layer}.ffn_norm.weight"), norm(self.hidden)?));
+        }
+        tensors.push(("output_norm.weight".into(), norm(self.hidden)?));
+        tensors.push((
+            "output.weight".into(),
+            weight(vocab, self.hidden, &mut rng)?,
+        ));
+
+        let mut keys: Vec<&String> = metadata.keys().collect();
+        keys.sort();
+        let metadata_refs: Vec<(&str, &Value)> =
+            keys.iter().map(|k| (k.as_str(), &metadata[*k])).collect();
+        let tensor_refs: Vec<(&str, &QTensor)> =
+            tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        let file = File::create(path).map_err(|e| fail(&e))?;
+        let mut writer = BufWriter::new(file);
+        gguf_file::write(&mut writer, &metadata_refs, &tensor_refs).map_err(|e| fail(&e))?;
+        Ok(())
+    }
+
+    fn tokenizer_metadata(&self) -> std::result::Result<HashMap<String, Value>, String> {
+        match &self.tokenizer {
+            TestTokenizer::CopyFrom(path) => {
+                let mut file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+                let content = gguf_file::Content::read(&mut file).map_err(|e| e.to_string())?;
+                Ok(content
+                    .metadata
+                    .into_iter()
+                    .filter(|(k, _)| k.starts_with("tokenizer."))
+                    .collect())
+            }
+            TestTokenizer::ByteLevel => Ok(byte_level_tokenizer()),
+        }
+    }
+}
+
+fn random_tensor(
+    rng: &mut ChaCha8Rng,
+    rows: usize,
+    cols: usize,
+    scale: f32,
+) -> candle_core::Result<Tensor> {
+    // Uniform in [-√3σ, √3σ]: standard deviation σ, cheap to draw.
+    let bound = scale * 3f32.sqrt();
+    let values: Vec<f32> = (0..rows * cols)
+        .map(|_| rng.random_range(-bound..bound))
+        .collect();
+    Tensor::from_vec(values, (rows, cols), &Device::Cpu)
+}
+
+fn quantize(tensor: &Tensor, row_len: usize, weights: WeightType) -> candle_core::Result<QTensor> {
+    let dtype = match weights {
+        WeightType::F32 => GgmlDType::F32,
+        WeightType::F16 => GgmlDType::F16,
+        WeightType::Q8_0 if row_len % 32 == 0 => GgmlDType::Q8_0,
+        WeightType::Q4K if row_len % 256 == 0 => GgmlDType::Q4K,
+        WeightType::Q4K if row_len % 32 == 0 => GgmlDType::Q8_0,
+        WeightType::Q8_0 | WeightType::Q4K => GgmlDType::F16,
+    };
+    QTensor::quantize(tensor, dtype)
+}
+
+/// GPT-2's byte ↔ printable-character mapping, used by byte-level BPE vocabularies.
+fn gpt2_byte_char(byte: u8) -> char {
+    let printable = |b: u8| {
+        (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b)
+    };
+    if printable(byte) {
+        return char::from(byte);
+    }
+    let shifted = (0..byte).filter(|&b| !printable(b)).count() as u32;
+    char::from_u32(256 + shifted).unwrap_or('?')
+}
+
+/// ChatML special tokens of the byte-level vocabulary.
+pub const BYTE_LEVEL_SPECIAL_TOKENS: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
+
+/// A byte-level BPE vocabulary: the 256 bytes, a few merges, ChatML specials;
+/// `<|im_end|>` ends generation.
+fn byte_level_tokenizer() -> HashMap<String, Value> {
+    let mut tokens: Vec<String> = (0..=255u8).map(|b| gpt2_byte_char(b).to_string()).collect();
+    let mut types: Vec<Value> = vec![Value::I32(1); tokens.len()];
+    let space = gpt2_byte_char(b' ');
+    let merges: Vec<(String, String)> = [
+        ("t", "h"),
+        ("th", "e"),
+        ("i", "n"),
+        ("e", "r"),
+        ("a", "n"),
+        ("o", "n"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .chain([
+        (space.to_string(), "t".to_string()),
+        (space.to_string(), "a".to_string()),
+    ])
+    .collect();
+    for (a, b) in &merges {
+        tokens.push(format!("{a}{b}"));
+        types.push(Value::I32(1));
+    }
+    let first_special = tokens.len() as u32;
+    for special in BYTE_LEVEL_SPECIAL_TOKENS {
+        tokens.push(special.to_string());
+        types.push(Value::I32(3));
+    }
+    let chatml = crate::prompt::CHATML_TEMPLATE.to_string();
+    HashMap::from([
+        ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
+        ("tokenizer.ggml.pre".into(), Value::String("gpt-2".into())),
+        (
+            "tokenizer.ggml.tokens".into(),
+            Value::Array(tokens.into_iter().map(Value::String).collect()),
+        ),
+        ("tokenizer.ggml.token_type".into(), Value::Array(types)),
+        (
+            "tokenizer.ggml.merges".into(),
+            Value::Array(
+                merges
+                    .into_iter()
+                    .map(|(a, b)| Value::String(format!("{a} {b}")))
+                    .collect(),
+            ),
+        ),
+        (
+            "tokenizer.ggml.bos_token_id".into(),
+            Value::U32(first_special),
+        ),
+        (
+            "tokenizer.ggml.eos_token_id".into(),
+            Value::U32(first_special + 2),
+        ),
+        (
+            "tokenizer.ggml.padding_token_id".into(),
+            Value::U32(first_special),
+        ),
+        ("tokenizer.ggml.add_bos_token".into(), Value::Bool(false)),
+        ("tokenizer.chat_template".into(), Value::String(chatml)),
+    ])
+}

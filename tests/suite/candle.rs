@@ -1,0 +1,63 @@
+//! The candle backend: the conformance suite, and agreement with llama.cpp.
+
+use std::path::Path;
+use std::sync::{Arc, LazyLock};
+
+use dsrs_local::backends::candle::CandleBackend;
+use dsrs_local::{
+    CandleAdapter, CandleConfig, CandleLoadOptions, CandleModel, Error, GenerationConfig,
+    LocalAdapter,
+};
+
+use crate::conformance::{Harness, TINY_CHAT_MODEL};
+
+static TINY: LazyLock<Arc<CandleModel>> = LazyLock::new(|| {
+    Arc::new(CandleModel::load(&TINY_CHAT_MODEL.1, CandleLoadOptions::default()).expect("loads"))
+});
+
+pub struct Candle;
+
+impl Harness for Candle {
+    type Backend = CandleBackend;
+
+    fn adapter_on(
+        path: &Path,
+        config: GenerationConfig,
+        context_length: u32,
+    ) -> Result<CandleAdapter, Error> {
+        let model = CandleModel::load(path, CandleLoadOptions::default())?;
+        Ok(CandleAdapter::from_loaded_model(
+            Arc::new(model),
+            CandleConfig::default()
+                .with_context_length(context_length as usize)
+                .with_generation(config),
+        ))
+    }
+
+    fn adapter(config: GenerationConfig) -> LocalAdapter<CandleBackend> {
+        CandleAdapter::from_loaded_model(
+            Arc::clone(&TINY),
+            CandleConfig::default()
+                .with_context_length(2048)
+                .with_generation(config),
+        )
+    }
+}
+
+crate::conformance_suite!(conformance, crate::candle::Candle);
+
+#[test]
+fn candle_knows_the_real_rope_limit() {
+    let model = Arc::clone(&TINY);
+    assert_eq!(
+        model.max_positions(),
+        4096,
+        "quantized llama precomputes RoPE to 4096"
+    );
+    let backend = CandleBackend::new(model, &CandleConfig::default().with_context_length(100_000));
+    assert_eq!(
+        backend.context_length(),
+        4096,
+        "a larger request is capped at the real limit"
+    );
+}

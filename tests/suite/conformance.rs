@@ -1,0 +1,329 @@
+//! One suite for every backend: `Predict` signatures through
+//! `configure(lm, adapter)` on test-built models with random weights.
+//! `conformance_suite!(module, Harness)` instantiates it for a backend.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock};
+
+use dspy_rs::adapter::Adapter;
+use dspy_rs::{Predict, Prediction, Predictor, configure, example};
+use dsrs_local::testing::{TestModelSpec, chat_tokenizer};
+use dsrs_local::{
+    Backend, Error, FinishReason, GenerationConfig, GenerationRequest, LocalAdapter, Sampling,
+    local_lm, local_lm_with,
+};
+use serde_json::Value;
+
+use crate::support::GLOBAL_CONFIG;
+use crate::{Arithmetic, CapitalFacts, MultiField, QA};
+
+/// How the suite reaches a backend.
+pub trait Harness: 'static {
+    /// The backend under test.
+    type Backend: Backend;
+    /// An adapter on the model at `path`, with `context_length` tokens of context.
+    fn adapter_on(
+        path: &Path,
+        config: GenerationConfig,
+        context_length: u32,
+    ) -> Result<LocalAdapter<Self::Backend>, Error>;
+    /// An adapter on the shared tiny chat model (loaded once per test process).
+    fn adapter(config: GenerationConfig) -> LocalAdapter<Self::Backend>;
+}
+
+/// A tiny chat model with random weights, written once per test process.
+pub static TINY_CHAT_MODEL: LazyLock<(tempfile::TempDir, PathBuf)> = LazyLock::new(|| {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("tiny-chat.gguf");
+    TestModelSpec::tiny(chat_tokenizer())
+        .write(&path)
+        .expect("writes the tiny model");
+    (dir, path)
+});
+
+/// Settings that keep random-weight replies short.
+pub fn test_config() -> GenerationConfig {
+    GenerationConfig::default()
+        .with_max_tokens(400)
+        .with_seed(1)
+        .with_max_text_chars(60)
+}
+
+fn text(prediction: &Prediction, field: &str) -> String {
+    match prediction.get(field, None) {
+        Value::String(s) => s,
+        other => panic!("`{field}` should be a string, got {other}"),
+    }
+}
+
+pub async fn qa_returns_its_field<H: Harness>() {
+    let _guard = GLOBAL_CONFIG.lock().await;
+    configure(local_lm().await.unwrap(), H::adapter(test_config()));
+    let prediction = Predict::new(QA::new())
+        .forward(example! { "question": "input" => "What is the capital of France?" })
+        .await
+        .unwrap();
+    assert!(!text(&prediction, "answer").trim().is_empty());
+}
+
+pub async fn typed_outputs_have_their_declared_types<H: Harness>() {
+    let _guard = GLOBAL_CONFIG.lock().await;
+    configure(local_lm().await.unwrap(), H::adapter(test_config()));
+    let prediction = Predict::new(MultiField::new())
+        .forward(example! { "number": "input" => 21, "language": "input" => "English" })
+        .await
+        .unwrap();
+    assert!(
+        prediction.get("doubled", None).is_i64(),
+        "{:?}",
+        prediction.data
+    );
+    assert!(prediction.get("half", None).is_number());
+    assert!(prediction.get("is_even", None).is_boolean());
+    let digits = prediction.get("digits", None);
+    assert!(
+        digits
+            .as_array()
+            .is_some_and(|d| d.iter().all(Value::is_string)),
+        "{digits}"
+    );
+    text(&prediction, "comment");
+
+    let prediction = Predict::new(CapitalFacts::new())
+        .forward(example! { "country": "input" => "France" })
+        .await
+        .unwrap();
+    let capital = prediction.get("capital", None);
+    assert!(
+        capital["name"].is_string() && capital["population"].is_u64(),
+        "{capital}"
+    );
+}
+
+pub async fn chain_of_thought_gives_reasoning_then_answer<H: Harness>() {
+    let _guard = GLOBAL_CONFIG.lock().await;
+    configure(local_lm().await.unwrap(), H::adapter(test_config()));
+    let prediction = Predict::new(Arithmetic::new())
+        .forward(example! { "a": "input" => 2, "b": "input" => 3 })
+        .await
+        .unwrap();
+    text(&prediction, "reasoning");
+    assert!(prediction.get("sum", None).is_i64());
+}
+
+pub async fn demos_are_used<H: Harness>() {
+    let adapter = H::adapter(test_config());
+    let mut signature = QA::new();
+    dspy_rs::MetaSignature::set_demos(
+        &mut signature,
+        vec![example! { "question": "input" => "2+2?", "answer": "output" => "4" }],
+    )
+    .unwrap();
+    let inputs = example! { "question": "input" => "3+3?" };
+    let prompt = adapter.render_prompt(&signature, &inputs).unwrap();
+    assert!(
+        prompt.contains("2+2?") && prompt.contains("[[ ## answer ## ]]\n4"),
+        "{prompt}"
+    );
+    let lm = Arc::new(local_lm().await.unwrap());
+    let prediction = adapter.call(lm, &signature, inputs, vec![]).await.unwrap();
+    text(&prediction, "answer");
+}
+
+pub async fn thirty_two_concurrent_calls_complete<H: Harness>() {
+    let _guard = GLOBAL_CONFIG.lock().await;
+    configure(local_lm().await.unwrap(), H::adapter(test_config()));
+    let inputs = (0..32)
+        .map(|i| example! { "question": "input" => format!("Question number {i}?") })
+        .collect();
+    // dspy-rs runs a batch 32 at a time.
+    let predictions = Predict::new(QA::new()).batch(inputs).await.unwrap();
+    assert_eq!(predictions.len(), 32);
+    for prediction in &predictions {
+        text(prediction, "answer");
+    }
+}
+
+pub async fn seeded_sampling_and_greedy_are_deterministic<H: Harness>() {
+    let lm = local_lm_with(0.9, 400).await.unwrap();
+    let inputs = example! { "question": "input" => "Name a colour." };
+    let run = |config: GenerationConfig| {
+        let adapter = H::adapter(config);
+        let lm = lm.clone();
+        let inputs = inputs.clone();
+        async move {
+            adapter
+                .predict(&lm, &QA::new(), &inputs)
+                .await
+                .unwrap()
+                .1
+                .text
+        }
+    };
+    let seeded = test_config().with_seed(7);
+    assert_eq!(run(seeded.clone()).await, run(seeded).await);
+    let greedy = test_config().with_temperature(0.0).with_seed(1);
+    let greedy_other_seed = test_config().with_temperature(0.0).with_seed(2);
+    assert_eq!(run(greedy).await, run(greedy_other_seed).await);
+}
+
+pub async fn usage_is_the_real_token_count<H: Harness>() {
+    let adapter = H::adapter(test_config());
+    let lm = local_lm().await.unwrap();
+    let inputs = example! { "question": "input" => "How many tokens is this?" };
+    let prompt = adapter.render_prompt(&QA::new(), &inputs).unwrap();
+    let (_, generation) = adapter.predict(&lm, &QA::new(), &inputs).await.unwrap();
+    assert_eq!(
+        generation.prompt_tokens,
+        adapter.backend().count_tokens(&prompt).unwrap()
+    );
+    assert!(generation.completion_tokens > 0 && generation.completion_tokens <= 400);
+
+    let prediction = adapter
+        .call(Arc::new(lm), &QA::new(), inputs, vec![])
+        .await
+        .unwrap();
+    assert_eq!(
+        prediction.lm_usage.prompt_tokens as usize,
+        generation.prompt_tokens
+    );
+    assert_eq!(
+        prediction.lm_usage.total_tokens,
+        prediction.lm_usage.prompt_tokens + prediction.lm_usage.completion_tokens
+    );
+}
+
+pub async fn bad_model_files_are_typed_errors<H: Harness>() {
+    let config = test_config();
+    let missing =
+        H::adapter_on(Path::new("/nonexistent/model.gguf"), config.clone(), 512).unwrap_err();
+    assert!(matches!(missing, Error::ModelNotFound { .. }), "{missing}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let foreign = dir.path().join("foreign.gguf");
+    std::fs::write(&foreign, b"GGML? no, just text").unwrap();
+    let err = H::adapter_on(&foreign, config.clone(), 512).unwrap_err();
+    assert!(matches!(err, Error::InvalidModelFile { .. }), "{err}");
+
+    let bytes = std::fs::read(&TINY_CHAT_MODEL.1).unwrap();
+    let truncated = dir.path().join("truncated.gguf");
+    std::fs::write(&truncated, &bytes[..bytes.len() * 2 / 3]).unwrap();
+    let err = H::adapter_on(&truncated, config.clone(), 512).unwrap_err();
+    assert!(matches!(err, Error::InvalidModelFile { .. }), "{err}");
+
+    let alien = dir.path().join("alien.gguf");
+    TestModelSpec::tiny(chat_tokenizer())
+        .with_architecture("frobnicator")
+        .write(&alien)
+        .unwrap();
+    let err = H::adapter_on(&alien, config, 512).unwrap_err();
+    match err {
+        Error::UnsupportedArchitecture { architecture, .. } => {
+            assert_eq!(architecture, "frobnicator")
+        }
+        other => panic!("expected UnsupportedArchitecture, got {other}"),
+    }
+}
+
+pub async fn a_prompt_longer_than_the_context_is_an_error_with_both_numbers<H: Harness>() {
+    let adapter = H::adapter_on(&TINY_CHAT_MODEL.1, test_config(), 128).unwrap();
+    let lm = Arc::new(local_lm().await.unwrap());
+    let long_question = "Why is the sky blue? ".repeat(200);
+    let err = adapter
+        .call(
+            lm,
+            &QA::new(),
+            example! { "question": "input" => long_question },
+            vec![],
+        )
+        .await
+        .unwrap_err();
+    let typed = err.downcast_ref::<Error>().expect("typed error");
+    match typed {
+        Error::PromptTooLong {
+            prompt_tokens,
+            context_length,
+        } => {
+            // llama.cpp pads a context up to a multiple of 256; the error reports the real one.
+            assert!((128..=256).contains(context_length), "{context_length}");
+            assert!(prompt_tokens > context_length);
+            let message = err.to_string();
+            assert!(
+                message.contains(&prompt_tokens.to_string())
+                    && message.contains(&context_length.to_string())
+            );
+        }
+        other => panic!("expected PromptTooLong, got {other}"),
+    }
+}
+
+pub async fn a_context_that_fills_while_generating_ends_with_length<H: Harness>() {
+    // 256 is a multiple of llama.cpp's context padding, so both engines get exactly it.
+    let adapter = H::adapter_on(&TINY_CHAT_MODEL.1, test_config(), 256).unwrap();
+    let request = GenerationRequest {
+        prompt: "Once upon a time".into(),
+        sampling: Sampling::greedy(),
+        max_tokens: 1_000,
+        stop: vec![],
+        constraint: None,
+    };
+    let generation = adapter.generate(request).await.unwrap();
+    assert_eq!(
+        generation.finish_reason,
+        FinishReason::Length,
+        "{generation:?}"
+    );
+    // Every position holds a token; the last sampled one needs no slot of its own.
+    assert_eq!(generation.prompt_tokens + generation.completion_tokens, 257);
+}
+
+/// Instantiates the suite for one backend.
+#[macro_export]
+macro_rules! conformance_suite {
+    ($name:ident, $harness:ty) => {
+        mod $name {
+            use $crate::conformance as c;
+            #[tokio::test(flavor = "multi_thread")]
+            async fn qa_returns_its_field() {
+                c::qa_returns_its_field::<$harness>().await
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn typed_outputs_have_their_declared_types() {
+                c::typed_outputs_have_their_declared_types::<$harness>().await
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn chain_of_thought_gives_reasoning_then_answer() {
+                c::chain_of_thought_gives_reasoning_then_answer::<$harness>().await
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn demos_are_used() {
+                c::demos_are_used::<$harness>().await
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn thirty_two_concurrent_calls_complete() {
+                c::thirty_two_concurrent_calls_complete::<$harness>().await
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn seeded_sampling_and_greedy_are_deterministic() {
+                c::seeded_sampling_and_greedy_are_deterministic::<$harness>().await
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn usage_is_the_real_token_count() {
+                c::usage_is_the_real_token_count::<$harness>().await
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn bad_model_files_are_typed_errors() {
+                c::bad_model_files_are_typed_errors::<$harness>().await
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn a_prompt_longer_than_the_context_is_an_error_with_both_numbers() {
+                c::a_prompt_longer_than_the_context_is_an_error_with_both_numbers::<$harness>()
+                    .await
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn a_context_that_fills_while_generating_ends_with_length() {
+                c::a_context_that_fills_while_generating_ends_with_length::<$harness>().await
+            }
+        }
+    };
+}

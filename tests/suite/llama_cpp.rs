@@ -1,0 +1,104 @@
+//! The llama.cpp backend: the conformance suite, and a real trained model.
+
+use std::path::Path;
+use std::sync::{Arc, LazyLock};
+
+use dsrs_local::backends::llama_cpp::LlamaCppBackend;
+use dsrs_local::{
+    Error, GenerationConfig, GenerationRequest, LlamaCppAdapter, LlamaCppConfig,
+    LlamaCppLoadOptions, LlamaCppModel, LocalAdapter, Sampling,
+};
+
+use crate::conformance::{Harness, TINY_CHAT_MODEL};
+use crate::support::shared_model;
+
+static TINY: LazyLock<Arc<LlamaCppModel>> = LazyLock::new(|| {
+    Arc::new(
+        LlamaCppModel::load(&TINY_CHAT_MODEL.1, LlamaCppLoadOptions::default()).expect("loads"),
+    )
+});
+
+pub struct LlamaCpp;
+
+impl Harness for LlamaCpp {
+    type Backend = LlamaCppBackend;
+
+    fn adapter_on(
+        path: &Path,
+        config: GenerationConfig,
+        context_length: u32,
+    ) -> Result<LlamaCppAdapter, Error> {
+        let model = LlamaCppModel::load(path, LlamaCppLoadOptions::default())?;
+        Ok(LlamaCppAdapter::from_loaded_model(
+            Arc::new(model),
+            LlamaCppConfig::default()
+                .with_context_length(context_length)
+                .with_generation(config),
+        ))
+    }
+
+    fn adapter(config: GenerationConfig) -> LocalAdapter<LlamaCppBackend> {
+        LlamaCppAdapter::from_loaded_model(
+            Arc::clone(&TINY),
+            LlamaCppConfig::default()
+                .with_context_length(2048)
+                .with_generation(config),
+        )
+    }
+}
+
+crate::conformance_suite!(conformance, crate::llama_cpp::LlamaCpp);
+
+/// The known greedy continuation of stories260K (a trained TinyStories model).
+pub const STORIES_CONTINUATION: &str =
+    ", there was a little girl named Lily. She loved to play outside in the park.";
+
+#[tokio::test]
+async fn stories260k_greedy_continuation_is_the_known_text() {
+    let Some(path) = shared_model("stories260K.gguf") else {
+        return;
+    };
+    let model = Arc::new(LlamaCppModel::load(path, LlamaCppLoadOptions::default()).unwrap());
+    assert!(
+        model.chat_template().is_fallback(),
+        "stories260K has no chat template"
+    );
+    let adapter = LlamaCppAdapter::from_loaded_model(model, LlamaCppConfig::default());
+    let generation = adapter
+        .generate(GenerationRequest {
+            prompt: "Once upon a time".into(),
+            sampling: Sampling::greedy(),
+            max_tokens: 40,
+            stop: vec![],
+            constraint: None,
+        })
+        .await
+        .unwrap();
+    assert!(
+        generation.text.starts_with(STORIES_CONTINUATION),
+        "got {:?}",
+        generation.text
+    );
+    assert_eq!(generation.completion_tokens, 40);
+}
+
+#[tokio::test]
+async fn the_template_bos_is_not_doubled() {
+    let model = Arc::clone(&TINY);
+    let template = model.chat_template();
+    if template.bos_token().is_empty() {
+        println!("skipped: the byte-level test vocabulary has no BOS in its template");
+        return;
+    }
+    let prompt = format!("{}Hello", template.bos_token());
+    let tokens = model.tokenize_prompt(&prompt).unwrap();
+    let bos_count = tokens
+        .iter()
+        .filter(|t| model.llama_model().vocab().bos() == **t)
+        .count();
+    assert_eq!(bos_count, 1, "{tokens:?}");
+    assert_eq!(
+        model.tokenize_prompt("Hello").unwrap()[0],
+        model.llama_model().vocab().bos()
+    );
+}

@@ -1,0 +1,22 @@
+//! All integration tests, in one binary (one link, one build of the dependencies).
+
+include!("signatures.rs");
+
+mod support;
+
+#[cfg(feature = "candle")]
+mod candle;
+#[cfg(any(feature = "llamacpp", feature = "candle"))]
+mod conformance;
+#[cfg(all(feature = "llamacpp", feature = "candle"))]
+mod cross_backend;
+#[cfg(feature = "llamacpp")]
+mod llama_cpp;
+
+mod adapter_mock;
+mod gguf_header;
+mod pool;
+mod prompt_constraint;
+mod prompt_format;
+mod prompt_parse;
+mod prompt_render;

@@ -1,0 +1,200 @@
+//! HardwareManager on this machine and ModelPool sharing, single flight,
+//! eviction and in-use protection.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use dsrs_local::hardware::{DetectOptions, HardwareManager};
+use dsrs_local::pool::plan::LoadPlan;
+use dsrs_local::pool::{ModelPool, ModelSpec, PoolModel};
+use dsrs_local::testing::{TestModelSpec, TestTokenizer};
+use dsrs_local::{Error, Result};
+
+/// Three small model files, written once.
+static MODELS: LazyLock<(tempfile::TempDir, Vec<PathBuf>)> = LazyLock::new(|| {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = (0..3)
+        .map(|i| {
+            let path = dir.path().join(format!("m{i}.gguf"));
+            TestModelSpec::tiny(TestTokenizer::ByteLevel)
+                .with_seed(i)
+                .write(&path)
+                .unwrap();
+            path
+        })
+        .collect();
+    (dir, paths)
+});
+
+static LOADS: AtomicUsize = AtomicUsize::new(0);
+
+/// A stand-in backend model that counts its loads.
+#[derive(Debug)]
+struct Counted {
+    plan: LoadPlan,
+}
+
+impl PoolModel for Counted {
+    const BACKEND: &'static str = "counted";
+    fn load_planned(_path: &Path, plan: &LoadPlan) -> Result<Self> {
+        LOADS.fetch_add(1, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(50));
+        Ok(Counted { plan: plan.clone() })
+    }
+}
+
+fn cpu_pool() -> ModelPool {
+    ModelPool::new(HardwareManager::detect_with(&DetectOptions {
+        force_cpu: true,
+        fake_gpu_bytes: None,
+    }))
+}
+
+#[test]
+fn this_machine_has_a_cpu_and_ram_and_plans_zero_gpu_layers() {
+    let profile = HardwareManager::detect();
+    println!("{profile}");
+    assert!(profile.cpu.logical_cores >= 1 && profile.cpu.physical_cores >= 1);
+    assert!(profile.memory.total > 0 && profile.memory.available <= profile.memory.total);
+    assert!(
+        profile
+            .compiled
+            .iter()
+            .any(|b| b.name == "llama.cpp" || b.name == "candle")
+    );
+    if profile.accelerators.is_empty() {
+        let plan = ModelPool::new(profile)
+            .plan(&ModelSpec::gguf(&MODELS.1[0]))
+            .unwrap();
+        assert_eq!(plan.gpu_layers, 0);
+        assert!(plan.to_string().contains("CPU only"), "{plan}");
+    }
+}
+
+#[test]
+fn a_fake_gpu_gets_every_layer() {
+    let profile = HardwareManager::detect_with(&DetectOptions {
+        force_cpu: false,
+        fake_gpu_bytes: Some(8 << 30),
+    });
+    let plan = ModelPool::new(profile)
+        .plan(&ModelSpec::gguf(&MODELS.1[0]))
+        .unwrap();
+    if cfg!(feature = "cuda") {
+        assert_eq!(plan.gpu_layers, plan.total_layers);
+    } else {
+        // A CUDA GPU in a build without `cuda` is reported but not used.
+        assert_eq!(plan.gpu_layers, 0);
+    }
+}
+
+#[test]
+fn the_same_spec_gives_the_same_model_and_sixteen_first_requests_load_once() {
+    let pool = Arc::new(cpu_pool());
+    let path = MODELS.1[1].clone();
+    let before = LOADS.load(Ordering::SeqCst);
+    let handles: Vec<_> = (0..16)
+        .map(|_| {
+            let pool = Arc::clone(&pool);
+            let path = path.clone();
+            std::thread::spawn(move || {
+                pool.load::<Counted>(ModelSpec::gguf(path).with_context(512))
+                    .unwrap()
+            })
+        })
+        .collect();
+    let models: Vec<Arc<Counted>> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert_eq!(LOADS.load(Ordering::SeqCst) - before, 1, "single flight");
+    assert!(models.iter().all(|m| Arc::ptr_eq(m, &models[0])));
+    assert_eq!(models[0].plan.context, 512);
+    let again = pool
+        .load::<Counted>(ModelSpec::gguf(&path).with_context(512))
+        .unwrap();
+    assert!(Arc::ptr_eq(&again, &models[0]));
+}
+
+#[test]
+fn idle_models_are_evicted_least_recently_used_first_and_in_use_ones_never() {
+    let probe = cpu_pool();
+    let one = probe
+        .plan(&ModelSpec::gguf(&MODELS.1[0]).with_context(256))
+        .unwrap();
+    let each = one.host_bytes;
+    // Room for two models.
+    let pool = cpu_pool().with_budget(each * 2 + each / 2);
+    let spec = |i: usize| ModelSpec::gguf(&MODELS.1[i]).with_context(256);
+
+    let first = pool.load::<Counted>(spec(0)).unwrap();
+    drop(pool.load::<Counted>(spec(1)).unwrap());
+    // Loading a third needs room: the idle second goes, the held first stays.
+    let third = pool.load::<Counted>(spec(2)).unwrap();
+    let loaded: Vec<PathBuf> = pool.loaded().into_iter().map(|e| e.path).collect();
+    assert!(
+        loaded.contains(&MODELS.1[0]) && loaded.contains(&MODELS.1[2]),
+        "{loaded:?}"
+    );
+    assert!(!loaded.contains(&MODELS.1[1]));
+
+    // With both loaded models in use there is no room for another.
+    let err = pool.load::<Counted>(spec(1)).unwrap_err();
+    assert!(err.to_string().contains("in use"), "{err}");
+
+    // Release one: now the least recently used idle model makes room.
+    drop(first);
+    pool.load::<Counted>(spec(1)).unwrap();
+    let loaded: Vec<PathBuf> = pool.loaded().into_iter().map(|e| e.path).collect();
+    assert!(!loaded.contains(&MODELS.1[0]), "{loaded:?}");
+    drop(third);
+    assert!(pool.unload(&MODELS.1[2]).unwrap());
+    assert!(pool.loaded().iter().all(|e| e.path != MODELS.1[2]));
+}
+
+#[test]
+fn bad_files_are_typed_errors() {
+    let pool = cpu_pool();
+    let err = pool
+        .load::<Counted>(ModelSpec::gguf("/nonexistent.gguf"))
+        .unwrap_err();
+    assert!(err.to_string().contains("/nonexistent.gguf"), "{err}");
+    let err = pool
+        .plan(&ModelSpec::gguf("/nonexistent.gguf"))
+        .unwrap_err();
+    assert!(matches!(err, Error::ModelNotFound { .. }));
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.gguf");
+    std::fs::write(&junk, b"GGUF\x03\x00\x00\x00garbage").unwrap();
+    assert!(matches!(
+        pool.plan(&ModelSpec::gguf(&junk)),
+        Err(Error::InvalidModelFile { .. })
+    ));
+}
+
+#[cfg(feature = "llamacpp")]
+#[tokio::test]
+async fn llama_cpp_adapters_share_the_pools_model() {
+    use dspy_rs::example;
+    use dsrs_local::{LlamaCppAdapter, LlamaCppConfig, LlamaCppModel, local_lm};
+    let pool = cpu_pool();
+    let spec = ModelSpec::gguf(&crate::conformance::TINY_CHAT_MODEL.1).with_context(1024);
+    let model: Arc<LlamaCppModel> = pool.load(spec.clone()).unwrap();
+    let again: Arc<LlamaCppModel> = pool.load(spec).unwrap();
+    assert!(Arc::ptr_eq(&model, &again));
+    assert_eq!(
+        model.default_context_length(),
+        1024,
+        "the plan's context reaches the adapters"
+    );
+    let adapter = LlamaCppAdapter::from_loaded_model(model, LlamaCppConfig::default());
+    let lm = local_lm().await.unwrap();
+    let (data, _) = adapter
+        .predict(
+            &lm,
+            &crate::QA::new(),
+            &example! { "question": "input" => "hi" },
+        )
+        .await
+        .unwrap();
+    assert!(data["answer"].is_string());
+}
