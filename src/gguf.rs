@@ -380,5 +380,5 @@ fn block_layout(ggml_type: u32) -> Option<(u64, u64)> {
 fn tensor_bytes(ggml_type: u32, dims: &[u64]) -> Option<u64> {
     let (block_bytes, block_elems) = block_layout(ggml_type)?;
     let elements = dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d))?;
-    Some(elements.div_ceil(block_elems).checked_mul(block_bytes)?)
+    elements.div_ceil(block_elems).checked_mul(block_bytes)
 }

@@ -259,7 +259,7 @@ pub fn plan(
     let floor = MIN_CONTEXT.min(model.trained_context).max(1);
     let mut context = match request.context {
         Some(c) => c.max(1),
-        None => model.trained_context.min(DEFAULT_CONTEXT).max(1),
+        None => model.trained_context.clamp(1, DEFAULT_CONTEXT),
     };
     if request.context.is_some_and(|c| c > model.trained_context) {
         reasons.push(format!(
@@ -283,11 +283,11 @@ pub fn plan(
 
     if let Some(gpu) = gpu {
         let mut usable = gpu.available.saturating_sub(SAFETY_MARGIN);
-        if let Some(limit) = request.memory_limit {
-            if limit < usable {
-                reasons.push(format!("memory limit {} applies", gib(limit)));
-                usable = limit;
-            }
+        if let Some(limit) = request.memory_limit
+            && limit < usable
+        {
+            reasons.push(format!("memory limit {} applies", gib(limit)));
+            usable = limit;
         }
         let layer_total: u64 = model.layer_bytes.iter().sum();
         let full = |ctx: u32| {

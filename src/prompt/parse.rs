@@ -89,23 +89,21 @@ pub fn parse_reply(
     let mut raw = marker_sections(&reply, fields);
 
     let missing_before_fallbacks = fields.outputs.iter().any(|f| !raw.contains_key(&f.name));
-    if missing_before_fallbacks {
-        if let Some(object) = json_object_in(&reply) {
-            for field in &fields.outputs {
-                if !raw.contains_key(&field.name) {
-                    if let Some(value) = object.get(&field.name) {
-                        raw.insert(field.name.clone(), RawValue::Json(value.clone()));
-                    }
-                }
+    if missing_before_fallbacks && let Some(object) = json_object_in(&reply) {
+        for field in &fields.outputs {
+            if !raw.contains_key(&field.name)
+                && let Some(value) = object.get(&field.name)
+            {
+                raw.insert(field.name.clone(), RawValue::Json(value.clone()));
             }
         }
     }
-    if let [only] = fields.outputs.as_slice() {
-        if raw.is_empty() {
-            let whole = MARKER.replace_all(&reply, "");
-            if !whole.trim().is_empty() {
-                raw.insert(only.name.clone(), RawValue::Text(whole.trim().to_string()));
-            }
+    if let [only] = fields.outputs.as_slice()
+        && raw.is_empty()
+    {
+        let whole = MARKER.replace_all(&reply, "");
+        if !whole.trim().is_empty() {
+            raw.insert(only.name.clone(), RawValue::Text(whole.trim().to_string()));
         }
     }
 

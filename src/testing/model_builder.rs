@@ -133,9 +133,9 @@ impl TestModelSpec {
             Error::InvalidConfig(format!("writing test model {}: {e}", path.display()))
         };
         if self.heads == 0
-            || self.hidden % self.heads != 0
+            || !self.hidden.is_multiple_of(self.heads)
             || self.kv_heads == 0
-            || self.heads % self.kv_heads != 0
+            || !self.heads.is_multiple_of(self.kv_heads)
         {
             return Err(fail(
                 &"heads must divide the width and be a multiple of kv_heads",
@@ -258,9 +258,9 @@ fn quantize(tensor: &Tensor, row_len: usize, weights: WeightType) -> candle_core
     let dtype = match weights {
         WeightType::F32 => GgmlDType::F32,
         WeightType::F16 => GgmlDType::F16,
-        WeightType::Q8_0 if row_len % 32 == 0 => GgmlDType::Q8_0,
-        WeightType::Q4K if row_len % 256 == 0 => GgmlDType::Q4K,
-        WeightType::Q4K if row_len % 32 == 0 => GgmlDType::Q8_0,
+        WeightType::Q8_0 if row_len.is_multiple_of(32) => GgmlDType::Q8_0,
+        WeightType::Q4K if row_len.is_multiple_of(256) => GgmlDType::Q4K,
+        WeightType::Q4K if row_len.is_multiple_of(32) => GgmlDType::Q8_0,
         WeightType::Q8_0 | WeightType::Q4K => GgmlDType::F16,
     };
     QTensor::quantize(tensor, dtype)

@@ -1,9 +1,9 @@
 //! HardwareManager on this machine and ModelPool sharing, single flight,
 //! eviction and in-use protection.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use dsrs_local::hardware::{DetectOptions, HardwareManager};
@@ -12,10 +12,11 @@ use dsrs_local::pool::{ModelPool, ModelSpec, PoolModel};
 use dsrs_local::testing::{TestModelSpec, TestTokenizer};
 use dsrs_local::{Error, Result};
 
-/// Three small model files, written once.
+/// Four small model files, written once: three for the eviction test, one
+/// for the single-flight test (tests run in parallel; each counts its own).
 static MODELS: LazyLock<(tempfile::TempDir, Vec<PathBuf>)> = LazyLock::new(|| {
     let dir = tempfile::tempdir().unwrap();
-    let paths = (0..3)
+    let paths = (0..4)
         .map(|i| {
             let path = dir.path().join(format!("m{i}.gguf"));
             TestModelSpec::tiny(TestTokenizer::ByteLevel)
@@ -28,7 +29,13 @@ static MODELS: LazyLock<(tempfile::TempDir, Vec<PathBuf>)> = LazyLock::new(|| {
     (dir, paths)
 });
 
-static LOADS: AtomicUsize = AtomicUsize::new(0);
+/// Loads per file.
+static LOADS: LazyLock<Mutex<HashMap<PathBuf, usize>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+fn loads_of(path: &Path) -> usize {
+    LOADS.lock().unwrap().get(path).copied().unwrap_or(0)
+}
 
 /// A stand-in backend model that counts its loads.
 #[derive(Debug)]
@@ -38,8 +45,8 @@ struct Counted {
 
 impl PoolModel for Counted {
     const BACKEND: &'static str = "counted";
-    fn load_planned(_path: &Path, plan: &LoadPlan) -> Result<Self> {
-        LOADS.fetch_add(1, Ordering::SeqCst);
+    fn load_planned(path: &Path, plan: &LoadPlan) -> Result<Self> {
+        *LOADS.lock().unwrap().entry(path.to_path_buf()).or_default() += 1;
         std::thread::sleep(Duration::from_millis(50));
         Ok(Counted { plan: plan.clone() })
     }
@@ -58,12 +65,9 @@ fn this_machine_has_a_cpu_and_ram_and_plans_zero_gpu_layers() {
     println!("{profile}");
     assert!(profile.cpu.logical_cores >= 1 && profile.cpu.physical_cores >= 1);
     assert!(profile.memory.total > 0 && profile.memory.available <= profile.memory.total);
-    assert!(
-        profile
-            .compiled
-            .iter()
-            .any(|b| b.name == "llama.cpp" || b.name == "candle")
-    );
+    let compiled = |name| profile.compiled.iter().any(|b| b.name == name);
+    assert_eq!(compiled("llama.cpp"), cfg!(feature = "llamacpp"));
+    assert_eq!(compiled("candle"), cfg!(feature = "candle"));
     if profile.accelerators.is_empty() {
         let plan = ModelPool::new(profile)
             .plan(&ModelSpec::gguf(&MODELS.1[0]))
@@ -93,8 +97,7 @@ fn a_fake_gpu_gets_every_layer() {
 #[test]
 fn the_same_spec_gives_the_same_model_and_sixteen_first_requests_load_once() {
     let pool = Arc::new(cpu_pool());
-    let path = MODELS.1[1].clone();
-    let before = LOADS.load(Ordering::SeqCst);
+    let path = MODELS.1[3].clone();
     let handles: Vec<_> = (0..16)
         .map(|_| {
             let pool = Arc::clone(&pool);
@@ -106,7 +109,7 @@ fn the_same_spec_gives_the_same_model_and_sixteen_first_requests_load_once() {
         })
         .collect();
     let models: Vec<Arc<Counted>> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-    assert_eq!(LOADS.load(Ordering::SeqCst) - before, 1, "single flight");
+    assert_eq!(loads_of(&path), 1, "single flight");
     assert!(models.iter().all(|m| Arc::ptr_eq(m, &models[0])));
     assert_eq!(models[0].plan.context, 512);
     let again = pool

@@ -242,10 +242,8 @@ impl GgufTokenizer {
     /// Tokenizes `text` with special-token parsing, adding BOS when `add_bos`.
     pub fn encode(&self, text: &str, add_bos: bool) -> Vec<u32> {
         let mut output = Vec::new();
-        if add_bos {
-            if let Some(bos) = self.bos {
-                output.push(bos);
-            }
+        if add_bos && let Some(bos) = self.bos {
+            output.push(bos);
         }
         let mut previous_was_special = true;
         for fragment in self.split_specials(text) {
@@ -431,11 +429,9 @@ impl GgufTokenizer {
         ignore_merges: &bool,
         output: &mut Vec<u32>,
     ) {
-        if *ignore_merges {
-            if let Some(&id) = self.ids.get(word) {
-                output.push(id);
-                return;
-            }
+        if *ignore_merges && let Some(&id) = self.ids.get(word) {
+            output.push(id);
+            return;
         }
         let mut parts: Vec<String> = word.chars().map(String::from).collect();
         loop {
