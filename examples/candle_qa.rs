@@ -16,7 +16,9 @@ use std::time::Instant;
 use anyhow::Context;
 use dspy_rs::{Predict, Predictor, Signature, configure, example};
 use dsrs_local::testing::{TestModelSpec, chat_tokenizer};
-use dsrs_local::{CandleAdapter, CandleConfig, CandleLoadOptions, CandleModel, local_lm};
+use dsrs_local::{
+    CandleAdapter, CandleConfig, CandleLoadOptions, CandleModel, GenerationConfig, local_lm,
+};
 
 #[Signature]
 struct QA {
@@ -29,7 +31,7 @@ struct QA {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let (path, _scratch) = match std::env::args()
+    let (path, scratch) = match std::env::args()
         .nth(1)
         .or_else(|| std::env::var("DSRS_MODEL").ok())
     {
@@ -57,9 +59,15 @@ async fn main() -> anyhow::Result<()> {
         started.elapsed()
     );
 
+    // A random-weight model writes text until a field's cap: keep it short.
+    let config = if scratch.is_some() {
+        CandleConfig::default().with_generation(GenerationConfig::default().with_max_text_chars(80))
+    } else {
+        CandleConfig::default()
+    };
     configure(
         local_lm().await?,
-        CandleAdapter::from_loaded_model(Arc::new(model), CandleConfig::default()),
+        CandleAdapter::from_loaded_model(Arc::new(model), config),
     );
 
     let question = "What is the capital of France?";

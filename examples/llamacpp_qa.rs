@@ -15,7 +15,9 @@ use std::time::Instant;
 use anyhow::Context;
 use dspy_rs::{Predict, Predictor, Signature, configure, example};
 use dsrs_local::testing::{TestModelSpec, chat_tokenizer};
-use dsrs_local::{LlamaCppAdapter, LlamaCppConfig, LlamaCppLoadOptions, LlamaCppModel, local_lm};
+use dsrs_local::{
+    GenerationConfig, LlamaCppAdapter, LlamaCppConfig, LlamaCppLoadOptions, LlamaCppModel, local_lm,
+};
 
 #[Signature]
 struct QA {
@@ -28,7 +30,7 @@ struct QA {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let (path, _scratch) = match std::env::args()
+    let (path, scratch) = match std::env::args()
         .nth(1)
         .or_else(|| std::env::var("DSRS_MODEL").ok())
     {
@@ -55,9 +57,16 @@ async fn main() -> anyhow::Result<()> {
         started.elapsed()
     );
 
+    // A random-weight model writes text until a field's cap: keep it short.
+    let config = if scratch.is_some() {
+        LlamaCppConfig::default()
+            .with_generation(GenerationConfig::default().with_max_text_chars(80))
+    } else {
+        LlamaCppConfig::default()
+    };
     configure(
         local_lm().await?,
-        LlamaCppAdapter::from_loaded_model(Arc::new(model), LlamaCppConfig::default()),
+        LlamaCppAdapter::from_loaded_model(Arc::new(model), config),
     );
 
     let question = "What is the capital of France?";

@@ -14,13 +14,14 @@
 //! - [`prompt`]: the DSPy protocol (format, render, parse, output grammar), no backend;
 //! - [`LocalAdapter`]: the one dspy-rs `Adapter`, generic over a [`Backend`];
 //! - [`decode`]: sampling and stopping, shared by every backend;
-//! - [`backends`]: the engines (`llama_cpp` with the `llamacpp` feature);
+//! - [`backends`]: the engines (`llama_cpp`, `candle`), one per feature;
+//! - [`hardware`]: what the machine has; [`pool`]: loads sized to it, shared;
 //! - [`gguf`]: reading a model file's header without its weights.
 //!
 //! | feature | what it adds |
 //! |---|---|
 //! | `llamacpp` (default) | [`LlamaCppAdapter`] on llama.cpp |
-//! | `candle` (default) | the candle backend (its own issue; the dependency only, for now) |
+//! | `candle` (default) | `CandleAdapter` on candle |
 //! | `cuda`, `vulkan`, `metal` | GPU builds of the enabled backends (candle has no Vulkan) |
 //! | `test-utils` | a scripted backend and a GGUF model writer for tests |
 #![warn(missing_docs)]

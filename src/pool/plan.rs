@@ -276,7 +276,10 @@ pub fn plan(
     } else {
         let best = gpus.iter().max_by_key(|g| g.available);
         if best.is_none() {
-            reasons.push("no GPU detected".into());
+            reasons.push(
+                "no GPU this build can use (none detected, or its backend is not compiled in)"
+                    .into(),
+            );
         }
         best
     };

@@ -9,11 +9,14 @@ use std::path::PathBuf;
 pub use mock::ScriptedBackend;
 pub use model_builder::{BYTE_LEVEL_SPECIAL_TOKENS, TestModelSpec, TestTokenizer, WeightType};
 
-/// `../shared/models/<relative>` beside this crate's checkout, when present.
+/// `<relative>` under the shared models folder, when present: the folder named
+/// by `DSRS_SHARED_MODELS`, else `../shared/models` beside this checkout.
 pub fn shared_model(relative: &str) -> Option<PathBuf> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/models")
-        .join(relative);
+    let folder = std::env::var_os("DSRS_SHARED_MODELS").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/models"),
+        PathBuf::from,
+    );
+    let path = folder.join(relative);
     path.is_file().then_some(path)
 }
 

@@ -105,6 +105,23 @@ impl TestModelSpec {
         }
     }
 
+    /// Llama-3.1-8B's shape (32 layers, width 4096, 32/8 heads, FFN 14336).
+    pub fn llama_3_1_8b_shape(tokenizer: TestTokenizer, weights: WeightType) -> Self {
+        TestModelSpec {
+            layers: 32,
+            hidden: 4096,
+            heads: 32,
+            kv_heads: 8,
+            ffn: 14336,
+            context_length: 131_072,
+            weights,
+            seed: 8,
+            scale: 0.02,
+            tokenizer,
+            architecture: "llama".into(),
+        }
+    }
+
     /// Sets the weight type.
     #[must_use]
     pub fn with_weights(mut self, weights: WeightType) -> Self {
@@ -182,35 +199,14 @@ impl TestModelSpec {
                 Tensor::ones(n, candle_core::DType::F32, &Device::Cpu).map_err(|e| fail(&e))?;
             QTensor::quantize(&ones, GgmlDType::F32).map_err(|e| fail(&e))
         };
-        tensors.push((
-            "token_embd.weight".into(),
-            weight(vocab, self.hidden, &mut rng)?,
-        ));
+        for (name, rows, cols) in self.weight_shapes(vocab) {
+            tensors.push((name, weight(rows, cols, &mut rng)?));
+        }
         for layer in 0..self.layers {
-            let q = self.heads * head_dim;
-            let kv = self.kv_heads * head_dim;
-            for (name, rows, cols) in [
-                ("attn_q", q, self.hidden),
-                ("attn_k", kv, self.hidden),
-                ("attn_v", kv, self.hidden),
-                ("attn_output", self.hidden, q),
-                ("ffn_gate", self.ffn, self.hidden),
-                ("ffn_up", self.ffn, self.hidden),
-                ("ffn_down", self.hidden, self.ffn),
-            ] {
-                tensors.push((
-                    format!("blk.{layer}.{name}.weight"),
-                    weight(rows, cols, &mut rng)?,
-                ));
-            }
             tensors.push((format!("blk.{layer}.attn_norm.weight"), norm(self.hidden)?));
             tensors.push((format!("blk.{layer}.ffn_norm.weight"), norm(self.hidden)?));
         }
         tensors.push(("output_norm.weight".into(), norm(self.hidden)?));
-        tensors.push((
-            "output.weight".into(),
-            weight(vocab, self.hidden, &mut rng)?,
-        ));
 
         let mut keys: Vec<&String> = metadata.keys().collect();
         keys.sort();
@@ -222,6 +218,74 @@ impl TestModelSpec {
         let mut writer = BufWriter::new(file);
         gguf_file::write(&mut writer, &metadata_refs, &tensor_refs).map_err(|e| fail(&e))?;
         Ok(())
+    }
+
+    /// The weight matrices (name, rows, row length), in the order they are drawn.
+    fn weight_shapes(&self, vocab: usize) -> Vec<(String, usize, usize)> {
+        let head_dim = self.hidden / self.heads.max(1);
+        let q = self.heads * head_dim;
+        let kv = self.kv_heads * head_dim;
+        let mut shapes = vec![("token_embd.weight".to_string(), vocab, self.hidden)];
+        for layer in 0..self.layers {
+            for (name, rows, cols) in [
+                ("attn_q", q, self.hidden),
+                ("attn_k", kv, self.hidden),
+                ("attn_v", kv, self.hidden),
+                ("attn_output", self.hidden, q),
+                ("ffn_gate", self.ffn, self.hidden),
+                ("ffn_up", self.ffn, self.hidden),
+                ("ffn_down", self.hidden, self.ffn),
+            ] {
+                shapes.push((format!("blk.{layer}.{name}.weight"), rows, cols));
+            }
+        }
+        shapes.push(("output.weight".to_string(), vocab, self.hidden));
+        shapes
+    }
+
+    /// What load sizing reads from the header of the file [`write`](Self::write)
+    /// makes, computed without writing it (to plan the large shapes).
+    pub fn facts(&self) -> Result<crate::pool::plan::ModelFacts> {
+        let metadata = self.tokenizer_metadata().map_err(Error::InvalidConfig)?;
+        let vocab = match metadata.get("tokenizer.ggml.tokens") {
+            Some(Value::Array(tokens)) => tokens.len(),
+            _ => {
+                return Err(Error::InvalidConfig(
+                    "the tokenizer has no token list".into(),
+                ));
+            }
+        };
+        let bytes = |rows: usize, cols: usize| -> u64 {
+            let dtype = storage_type(cols, self.weights);
+            ((rows * cols / dtype.block_size()) * dtype.type_size()) as u64
+        };
+        let norm_bytes = (self.hidden * 4) as u64;
+        let mut layer_bytes = vec![2 * norm_bytes; self.layers];
+        let (mut embedding_bytes, mut output_bytes) = (0, norm_bytes);
+        for (name, rows, cols) in self.weight_shapes(vocab) {
+            let size = bytes(rows, cols);
+            let layer = name
+                .strip_prefix("blk.")
+                .and_then(|rest| rest.split('.').next()?.parse::<usize>().ok());
+            match layer {
+                Some(layer) => layer_bytes[layer] += size,
+                None if name.starts_with("token_embd") => embedding_bytes += size,
+                None => output_bytes += size,
+            }
+        }
+        Ok(crate::pool::plan::ModelFacts {
+            architecture: self.architecture.clone(),
+            layers: self.layers as u32,
+            embedding: self.hidden as u64,
+            heads: self.heads as u64,
+            kv_heads: self.kv_heads as u64,
+            head_dim: (self.hidden / self.heads.max(1)) as u64,
+            vocab: vocab as u64,
+            trained_context: self.context_length as u32,
+            layer_bytes,
+            output_bytes,
+            embedding_bytes,
+        })
     }
 
     fn tokenizer_metadata(&self) -> std::result::Result<HashMap<String, Value>, String> {
@@ -255,15 +319,19 @@ fn random_tensor(
 }
 
 fn quantize(tensor: &Tensor, row_len: usize, weights: WeightType) -> candle_core::Result<QTensor> {
-    let dtype = match weights {
+    QTensor::quantize(tensor, storage_type(row_len, weights))
+}
+
+/// The ggml type a weight matrix with rows of `row_len` is stored in.
+fn storage_type(row_len: usize, weights: WeightType) -> GgmlDType {
+    match weights {
         WeightType::F32 => GgmlDType::F32,
         WeightType::F16 => GgmlDType::F16,
         WeightType::Q8_0 if row_len.is_multiple_of(32) => GgmlDType::Q8_0,
         WeightType::Q4K if row_len.is_multiple_of(256) => GgmlDType::Q4K,
         WeightType::Q4K if row_len.is_multiple_of(32) => GgmlDType::Q8_0,
         WeightType::Q8_0 | WeightType::Q4K => GgmlDType::F16,
-    };
-    QTensor::quantize(tensor, dtype)
+    }
 }
 
 /// GPT-2's byte ↔ printable-character mapping, used by byte-level BPE vocabularies.

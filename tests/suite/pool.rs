@@ -201,3 +201,18 @@ async fn llama_cpp_adapters_share_the_pools_model() {
         .unwrap();
     assert!(data["answer"].is_string());
 }
+
+#[test]
+fn test_model_facts_match_what_the_written_header_says() {
+    use dsrs_local::gguf::GgufHeader;
+    use dsrs_local::pool::plan::ModelFacts;
+    use dsrs_local::testing::WeightType;
+    let dir = tempfile::tempdir().unwrap();
+    for weights in [WeightType::F32, WeightType::Q8_0, WeightType::Q4K] {
+        let spec = TestModelSpec::tiny(TestTokenizer::ByteLevel).with_weights(weights);
+        let path = dir.path().join(format!("{weights:?}.gguf"));
+        spec.write(&path).unwrap();
+        let from_file = ModelFacts::from_header(&GgufHeader::read(&path).unwrap()).unwrap();
+        assert_eq!(from_file, spec.facts().unwrap(), "{weights:?}");
+    }
+}
