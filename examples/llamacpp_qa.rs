@@ -8,13 +8,14 @@
 //! Without a path it writes a small test model with random weights and uses
 //! that: the answers are then well-formed but random.
 
-use std::path::PathBuf;
+#[path = "common/mod.rs"]
+mod common;
+
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
 use dspy_rs::{Predict, Predictor, Signature, configure, example};
-use dsrs_local::testing::{TestModelSpec, chat_tokenizer};
 use dsrs_local::{
     GenerationConfig, LlamaCppAdapter, LlamaCppConfig, LlamaCppLoadOptions, LlamaCppModel, local_lm,
 };
@@ -30,22 +31,7 @@ struct QA {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let (path, scratch) = match std::env::args()
-        .nth(1)
-        .or_else(|| std::env::var("DSRS_MODEL").ok())
-    {
-        Some(path) => (PathBuf::from(path), None),
-        None => {
-            let dir = tempfile::tempdir()?;
-            let path = dir.path().join("tiny-random.gguf");
-            TestModelSpec::tiny(chat_tokenizer()).write(&path)?;
-            println!(
-                "No model given: using a small test model with random weights, so the answer is random."
-            );
-            println!("Pass a GGUF path (or set DSRS_MODEL) to use a real model.\n");
-            (path, Some(dir))
-        }
-    };
+    let (path, scratch) = common::model_path()?;
 
     let started = Instant::now();
     let model = LlamaCppModel::load(&path, LlamaCppLoadOptions::default())

@@ -7,11 +7,12 @@
 //!
 //! Without a path it writes a small test model with random weights.
 
-use std::path::PathBuf;
+#[path = "common/mod.rs"]
+mod common;
+
 use std::sync::Arc;
 
 use dspy_rs::{Signature, adapter::Adapter, example};
-use dsrs_local::testing::{TestModelSpec, chat_tokenizer};
 use dsrs_local::{
     CandleAdapter, CandleConfig, CandleModel, HardwareManager, LlamaCppAdapter, LlamaCppConfig,
     LlamaCppModel, ModelPool, ModelSpec, local_lm,
@@ -28,19 +29,7 @@ struct QA {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let (path, _scratch) = match std::env::args()
-        .nth(1)
-        .or_else(|| std::env::var("DSRS_MODEL").ok())
-    {
-        Some(path) => (PathBuf::from(path), None),
-        None => {
-            let dir = tempfile::tempdir()?;
-            let path = dir.path().join("tiny-random.gguf");
-            TestModelSpec::tiny(chat_tokenizer()).write(&path)?;
-            println!("No model given: a small test model with random weights (random answers).\n");
-            (path, Some(dir))
-        }
-    };
+    let (path, _scratch) = common::model_path()?;
 
     let profile = HardwareManager::detect();
     println!("{profile}\n");

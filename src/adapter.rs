@@ -204,14 +204,27 @@ impl<B: Backend> LocalAdapter<B> {
         signature: &dyn MetaSignature,
         inputs: &Example,
     ) -> Result<(HashMap<String, Value>, Generation)> {
+        let span = tracing::info_span!("dsrs.predict", backend = self.backend.name());
+        let _entered = span.enter();
         let fields = SignatureFields::of(signature)?;
         let prompt = self.render_prompt(signature, inputs)?;
+        tracing::debug!(chars = prompt.len(), "rendered the prompt");
         let constraint = self
             .config
             .constrained
             .then(|| OutputConstraint::for_fields(&fields, self.config.max_text_chars));
         let request = self.config.request(lm, prompt, constraint);
+        drop(_entered);
         let generation = self.generate(request).await?;
+        tracing::info!(
+            parent: &span,
+            prompt_tokens = generation.prompt_tokens,
+            completion_tokens = generation.completion_tokens,
+            finish = ?generation.finish_reason,
+            prefill_ms = generation.timings.prefill.as_secs_f64() * 1e3,
+            decode_ms = generation.timings.decode.as_secs_f64() * 1e3,
+            "generated"
+        );
         let data = parse_reply(&fields, &generation.text)?;
         Ok((data, generation))
     }

@@ -338,6 +338,19 @@ impl Reader {
     }
 }
 
+/// GPT-2's byte → printable character mapping, in which byte-level BPE
+/// vocabularies (`tokenizer.ggml.model = "gpt2"`) store their tokens.
+pub fn gpt2_byte_char(byte: u8) -> char {
+    let printable = |b: u8| {
+        (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b)
+    };
+    if printable(byte) {
+        return char::from(byte);
+    }
+    let shifted = (0..byte).filter(|&b| !printable(b)).count() as u32;
+    char::from_u32(256 + shifted).unwrap_or('?')
+}
+
 /// (bytes per block, elements per block) of a ggml tensor type.
 fn block_layout(ggml_type: u32) -> Option<(u64, u64)> {
     Some(match ggml_type {

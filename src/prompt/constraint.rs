@@ -261,11 +261,14 @@ impl ConstraintMatcher {
             .matcher
             .compute_mask_or_eos()
             .map_err(|e| Error::Constraint(e.to_string()))?;
-        for (id, logit) in logits.iter_mut().enumerate() {
+        // Ids past the vocabulary (padded output layers) are never allowed.
+        let known = mask.len().min(logits.len());
+        for (id, logit) in logits[..known].iter_mut().enumerate() {
             if !mask.is_allowed(id as u32) {
                 *logit = f32::NEG_INFINITY;
             }
         }
+        logits[known..].fill(f32::NEG_INFINITY);
         Ok(())
     }
 

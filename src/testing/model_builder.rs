@@ -16,6 +16,7 @@ use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::gguf::gpt2_byte_char;
 use crate::{Error, Result};
 
 /// How the weights are stored.
@@ -332,18 +333,6 @@ fn storage_type(row_len: usize, weights: WeightType) -> GgmlDType {
         WeightType::Q4K if row_len.is_multiple_of(32) => GgmlDType::Q8_0,
         WeightType::Q8_0 | WeightType::Q4K => GgmlDType::F16,
     }
-}
-
-/// GPT-2's byte ↔ printable-character mapping, used by byte-level BPE vocabularies.
-fn gpt2_byte_char(byte: u8) -> char {
-    let printable = |b: u8| {
-        (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b)
-    };
-    if printable(byte) {
-        return char::from(byte);
-    }
-    let shifted = (0..byte).filter(|&b| !printable(b)).count() as u32;
-    char::from_u32(256 + shifted).unwrap_or('?')
 }
 
 /// ChatML special tokens of the byte-level vocabulary.

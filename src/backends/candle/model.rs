@@ -121,6 +121,7 @@ impl CandleModel {
     /// candle cannot run are typed errors.
     pub fn load(path: impl AsRef<Path>, options: CandleLoadOptions) -> Result<Self> {
         let path = path.as_ref();
+        let _span = tracing::info_span!("dsrs.load", backend = BACKEND, path = %path.display()).entered();
         let header = GgufHeader::read(path)?;
         let architecture = header.architecture().unwrap_or("unknown").to_string();
         if !SUPPORTED_ARCHITECTURES.contains(&architecture.as_str()) {
@@ -245,6 +246,9 @@ impl CandleModel {
     /// chat template): a direct look at what the model computes.
     pub fn next_token_logits(&self, text: &str) -> Result<Vec<f32>> {
         let tokens = self.tokenize_prompt(text);
+        if tokens.is_empty() {
+            return Err(Error::Tokenizer("the text produced no tokens".into()));
+        }
         let mut weights = self.lock_weights()?;
         weights.clear_kv_cache();
         super::engine::forward(&mut weights, self, &tokens, 0)

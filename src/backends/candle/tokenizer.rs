@@ -16,7 +16,7 @@ use std::collections::{BinaryHeap, HashMap};
 
 use fancy_regex::Regex;
 
-use crate::gguf::{GgufHeader, MetadataValue};
+use crate::gguf::{GgufHeader, MetadataValue, gpt2_byte_char as byte_to_char};
 use crate::{Error, Result};
 
 const TOKEN_TYPE_NORMAL: u64 = 1;
@@ -610,19 +610,7 @@ fn pre_tokenize<'t>(text: &'t str, regexes: &[Regex]) -> Vec<&'t str> {
     pieces
 }
 
-/// GPT-2's byte → printable character mapping.
-fn byte_to_char(byte: u8) -> char {
-    let printable = |b: u8| {
-        (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b)
-    };
-    if printable(byte) {
-        return char::from(byte);
-    }
-    let shifted = (0..byte).filter(|&b| !printable(b)).count() as u32;
-    char::from_u32(256 + shifted).unwrap_or('?')
-}
-
-/// The inverse of [`byte_to_char`].
+/// The inverse of [`byte_to_char`] (GPT-2's byte ↔ character mapping).
 fn char_to_byte(ch: char) -> Option<u8> {
     let code = ch as u32;
     if code < 256 {

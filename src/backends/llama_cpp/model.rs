@@ -9,7 +9,7 @@ use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::token::LlamaToken;
-use llama_cpp_2::{LogOptions, send_logs_to_tracing};
+use llama_cpp_2::{LlamaModelLoadError, LogOptions, send_logs_to_tracing};
 
 use crate::gguf::GgufHeader;
 use crate::prompt::{ChatTemplate, ConstraintCompiler, TokenVocabulary};
@@ -124,6 +124,7 @@ impl LlamaCppModel {
     /// typed errors, checked before llama.cpp sees the file.
     pub fn load(path: impl AsRef<Path>, options: LlamaCppLoadOptions) -> Result<Self> {
         let path = path.as_ref();
+        let _span = tracing::info_span!("dsrs.load", backend = BACKEND, path = %path.display()).entered();
         let header = GgufHeader::read(path)?;
         let architecture = header.architecture().unwrap_or("unknown").to_string();
         let backend = llama_backend()?;
@@ -337,7 +338,15 @@ fn diagnose_load_failure(
 ) -> Error {
     let vocab_only = LlamaModelParams::default().with_vocab_only(true);
     match LlamaModel::load_from_file(backend, path, &vocab_only) {
-        Err(_) => Error::UnsupportedArchitecture {
+        // A path llama.cpp cannot take (not UTF-8, a NUL byte) says nothing about the model.
+        Err(LlamaModelLoadError::PathToStrError(_) | LlamaModelLoadError::NullError(_)) => {
+            Error::ModelLoad {
+                backend: BACKEND,
+                path: path.to_path_buf(),
+                reason: reason.to_string(),
+            }
+        }
+        Err(LlamaModelLoadError::NullResult) => Error::UnsupportedArchitecture {
             architecture: architecture.to_string(),
             backend: BACKEND,
         },
