@@ -21,6 +21,16 @@ pub enum Error {
         /// What the operating system said.
         reason: String,
     },
+    /// A model named by repo or by Ollama name was not found on this machine.
+    #[error("model `{model}` was not found; looked in: {}; {hint}", looked.join(", "))]
+    ModelLookup {
+        /// The model as the user named it.
+        model: String,
+        /// Every place looked.
+        looked: Vec<String>,
+        /// How to get the file.
+        hint: String,
+    },
     /// The file exists but is not a GGUF file, or its header is damaged or truncated.
     #[error("{path} is not a valid GGUF model: {reason}")]
     InvalidModelFile {

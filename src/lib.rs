@@ -34,7 +34,9 @@ mod error;
 pub mod gguf;
 pub mod hardware;
 mod lm;
+pub mod lookup;
 pub mod pool;
+mod progress;
 pub mod prompt;
 
 #[cfg(feature = "test-utils")]
@@ -45,6 +47,7 @@ pub use backend::{Backend, FinishReason, Generation, GenerationRequest, Sampling
 pub use error::{Error, Result};
 pub use hardware::{HardwareManager, HardwareProfile, compiled_backends};
 pub use lm::{local_lm, local_lm_with};
+pub use lookup::ModelSource;
 pub use pool::{ModelPool, ModelSpec};
 
 #[cfg(feature = "candle")]

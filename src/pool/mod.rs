@@ -25,6 +25,7 @@ use std::time::Instant;
 
 use crate::gguf::GgufHeader;
 use crate::hardware::HardwareProfile;
+use crate::lookup::ModelSource;
 use crate::{Error, Result};
 use plan::{DeviceBudget, LoadPlan, ModelFacts, PlanRequest};
 
@@ -32,8 +33,8 @@ use plan::{DeviceBudget, LoadPlan, ModelFacts, PlanRequest};
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub struct ModelSpec {
-    /// The GGUF file.
-    pub path: PathBuf,
+    /// Where the GGUF file comes from.
+    pub source: ModelSource,
     /// Context length wanted (`None` = the trained length, at most 8192).
     pub context: Option<u32>,
     /// Fail instead of lowering the context when it does not fit.
@@ -47,8 +48,33 @@ pub struct ModelSpec {
 impl ModelSpec {
     /// A local GGUF file.
     pub fn gguf(path: impl Into<PathBuf>) -> Self {
+        Self::from_source(ModelSource::Path(path.into()))
+    }
+
+    /// A model by name: a path, `owner/repo:file.gguf` from the Hugging Face
+    /// cache, or `name[:tag]` from Ollama's store (see [`ModelSource::parse`]).
+    pub fn named(name: &str) -> Self {
+        Self::from_source(ModelSource::parse(name))
+    }
+
+    /// A file of a Hugging Face repo, from the local Hugging Face cache.
+    pub fn huggingface(repo: impl Into<String>, file: impl Into<String>) -> Self {
+        Self::from_source(ModelSource::HuggingFace {
+            repo: repo.into(),
+            file: file.into(),
+            revision: "main".into(),
+        })
+    }
+
+    /// A model pulled by Ollama (`qwen2.5:0.5b`).
+    pub fn ollama(name: impl Into<String>) -> Self {
+        Self::from_source(ModelSource::Ollama { name: name.into() })
+    }
+
+    /// A spec for a model source with default settings.
+    pub fn from_source(source: ModelSource) -> Self {
         ModelSpec {
-            path: path.into(),
+            source,
             context: None,
             pin_context: false,
             cpu_only: false,
@@ -184,9 +210,13 @@ impl ModelPool {
         })
     }
 
-    /// Plans a load without loading (reads the header only).
+    /// Plans a load without loading (finds the file, reads its header only).
     pub fn plan(&self, spec: &ModelSpec) -> Result<LoadPlan> {
-        let header = GgufHeader::read(&spec.path)?;
+        self.plan_file(&spec.source.resolve()?, spec)
+    }
+
+    fn plan_file(&self, path: &Path, spec: &ModelSpec) -> Result<LoadPlan> {
+        let header = GgufHeader::read(path)?;
         let facts = ModelFacts::from_header(&header)?;
         let gpus: Vec<DeviceBudget> = self
             .profile
@@ -207,8 +237,9 @@ impl ModelPool {
     /// Loads (or returns the already loaded) model for `spec` with backend `M`
     /// (usually inferred from the adapter it is handed to).
     pub fn load<M: PoolModel>(&self, spec: ModelSpec) -> Result<Arc<M>> {
+        let path = spec.source.resolve()?;
         let key: Key = (
-            spec.path.clone(),
+            path.clone(),
             TypeId::of::<M>(),
             spec.context,
             spec.pin_context,
@@ -227,7 +258,7 @@ impl ModelPool {
         // Single flight: concurrent callers of one key wait on the same load.
         let loaded = slot
             .cell
-            .get_or_init(|| self.load_slot::<M>(&spec, &key, &slot));
+            .get_or_init(|| self.load_slot::<M>(&path, &spec, &key, &slot));
         match loaded {
             Ok(any) => {
                 if let Some(meta) = slot.meta.lock().map_err(poisoned)?.as_mut() {
@@ -243,7 +274,7 @@ impl ModelPool {
                 self.slots.lock().map_err(poisoned)?.remove(&key);
                 Err(Error::ModelLoad {
                     backend: M::BACKEND,
-                    path: spec.path,
+                    path,
                     reason,
                 })
             }
@@ -252,18 +283,19 @@ impl ModelPool {
 
     fn load_slot<M: PoolModel>(
         &self,
+        path: &Path,
         spec: &ModelSpec,
         key: &Key,
         slot: &Slot,
     ) -> std::result::Result<Arc<dyn Any + Send + Sync>, String> {
-        let plan = self.plan(spec).map_err(|e| e.to_string())?;
+        let plan = self.plan_file(path, spec).map_err(|e| e.to_string())?;
         let bytes = plan.gpu_bytes() + plan.host_bytes;
         self.make_room(bytes, key).map_err(|e| e.to_string())?;
-        tracing::info!(path = %spec.path.display(), backend = M::BACKEND, %plan, "loading");
-        let model = M::load_planned(&spec.path, &plan).map_err(|e| e.to_string())?;
+        tracing::info!(path = %path.display(), backend = M::BACKEND, %plan, "loading");
+        let model = M::load_planned(path, &plan).map_err(|e| e.to_string())?;
         if let Ok(mut meta) = slot.meta.lock() {
             *meta = Some(SlotMeta {
-                path: spec.path.clone(),
+                path: path.to_path_buf(),
                 backend: M::BACKEND,
                 plan,
                 bytes,

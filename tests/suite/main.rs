@@ -15,6 +15,7 @@ mod llama_cpp;
 
 mod adapter_mock;
 mod gguf_header;
+mod lookup;
 mod pool;
 mod prompt_constraint;
 mod prompt_format;

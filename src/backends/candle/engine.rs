@@ -159,7 +159,11 @@ impl Backend for CandleBackend {
             logits = forward(&mut weights, model, chunk, index * self.batch_size)?;
         }
         let prefill = started.elapsed();
-        tracing::debug!(tokens = prompt.len(), ms = prefill.as_secs_f64() * 1e3, "prefill");
+        tracing::debug!(
+            tokens = prompt.len(),
+            ms = prefill.as_secs_f64() * 1e3,
+            "prefill"
+        );
 
         let decode_started = Instant::now();
         let mut position = prompt.len();

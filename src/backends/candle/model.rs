@@ -37,17 +37,35 @@ pub enum CandleDevice {
 }
 
 /// How to load a model with candle.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct CandleLoadOptions {
     /// Device choice.
     pub device: CandleDevice,
+    /// Show a spinner on the terminal while loading.
+    pub show_progress: bool,
     /// Context length adapters on this model use unless their config sets one
     /// (the pool sets it from its plan).
     pub context_length: Option<usize>,
 }
 
+impl Default for CandleLoadOptions {
+    fn default() -> Self {
+        CandleLoadOptions {
+            device: CandleDevice::Auto,
+            show_progress: true,
+            context_length: None,
+        }
+    }
+}
+
 impl CandleLoadOptions {
+    /// Turns the terminal spinner on or off.
+    #[must_use]
+    pub fn with_progress(mut self, show: bool) -> Self {
+        self.show_progress = show;
+        self
+    }
     /// Sets the default context length of adapters on this model.
     #[must_use]
     pub fn with_context_length(mut self, tokens: usize) -> Self {
@@ -121,7 +139,8 @@ impl CandleModel {
     /// candle cannot run are typed errors.
     pub fn load(path: impl AsRef<Path>, options: CandleLoadOptions) -> Result<Self> {
         let path = path.as_ref();
-        let _span = tracing::info_span!("dsrs.load", backend = BACKEND, path = %path.display()).entered();
+        let _span =
+            tracing::info_span!("dsrs.load", backend = BACKEND, path = %path.display()).entered();
         let header = GgufHeader::read(path)?;
         let architecture = header.architecture().unwrap_or("unknown").to_string();
         if !SUPPORTED_ARCHITECTURES.contains(&architecture.as_str()) {
@@ -160,6 +179,12 @@ impl CandleModel {
             reason: e.to_string(),
         })?;
         let mut reader = BufReader::new(file);
+        let name = path.file_name().map_or_else(
+            || path.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        // candle reports no progress while reading tensors: a spinner.
+        let bar = crate::progress::load_bar(&name, options.show_progress, false);
         let content =
             gguf_file::Content::read(&mut reader).map_err(|e| load_error(e.to_string()))?;
         let weights = match architecture.as_str() {
@@ -170,7 +195,9 @@ impl CandleModel {
             _ => quantized_qwen3::ModelWeights::from_gguf(content, &mut reader, &device)
                 .map(Weights::Qwen3),
         }
-        .map_err(|e| load_error(e.to_string()))?;
+        .map_err(|e| load_error(e.to_string()));
+        bar.finish_and_clear();
+        let weights = weights?;
         Ok(CandleModel {
             weights: Mutex::new(weights),
             tokenizer,

@@ -261,7 +261,11 @@ fn run(
         ctx.decode(&mut batch).map_err(inference_error)?;
     }
     let prefill = started.elapsed();
-    tracing::debug!(tokens = prompt.len(), ms = prefill.as_secs_f64() * 1e3, "prefill");
+    tracing::debug!(
+        tokens = prompt.len(),
+        ms = prefill.as_secs_f64() * 1e3,
+        "prefill"
+    );
 
     let decode_started = Instant::now();
     let mut position = prompt.len();

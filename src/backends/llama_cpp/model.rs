@@ -50,6 +50,8 @@ pub struct LlamaCppLoadOptions {
     /// Context length adapters on this model use unless their config sets one
     /// (the pool sets it from its plan).
     pub context_length: Option<u32>,
+    /// Show a progress bar on the terminal while loading.
+    pub show_progress: bool,
 }
 
 impl Default for LlamaCppLoadOptions {
@@ -59,6 +61,7 @@ impl Default for LlamaCppLoadOptions {
             use_mmap: true,
             vocab_only: false,
             context_length: None,
+            show_progress: true,
         }
     }
 }
@@ -68,6 +71,12 @@ impl LlamaCppLoadOptions {
     #[must_use]
     pub fn with_gpu_layers(mut self, gpu_layers: u32) -> Self {
         self.gpu_layers = gpu_layers;
+        self
+    }
+    /// Turns the terminal progress bar on or off.
+    #[must_use]
+    pub fn with_progress(mut self, show: bool) -> Self {
+        self.show_progress = show;
         self
     }
     /// Sets the default context length of adapters on this model.
@@ -124,15 +133,28 @@ impl LlamaCppModel {
     /// typed errors, checked before llama.cpp sees the file.
     pub fn load(path: impl AsRef<Path>, options: LlamaCppLoadOptions) -> Result<Self> {
         let path = path.as_ref();
-        let _span = tracing::info_span!("dsrs.load", backend = BACKEND, path = %path.display()).entered();
+        let _span =
+            tracing::info_span!("dsrs.load", backend = BACKEND, path = %path.display()).entered();
         let header = GgufHeader::read(path)?;
         let architecture = header.architecture().unwrap_or("unknown").to_string();
         let backend = llama_backend()?;
+        let name = path.file_name().map_or_else(
+            || path.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        let bar = crate::progress::load_bar(&name, options.show_progress, true);
+        let reporter = bar.clone();
         let params = LlamaModelParams::default()
             .with_n_gpu_layers(options.gpu_layers)
             .with_use_mmap(options.use_mmap)
-            .with_vocab_only(options.vocab_only);
-        let model = match LlamaModel::load_from_file(backend, path, &params) {
+            .with_vocab_only(options.vocab_only)
+            .with_progress_callback(move |fraction| {
+                crate::progress::set_fraction(&reporter, fraction);
+                true
+            });
+        let loaded = LlamaModel::load_from_file(backend, path, &params);
+        bar.finish_and_clear();
+        let model = match loaded {
             Ok(model) => model,
             Err(error) => {
                 return Err(diagnose_load_failure(
