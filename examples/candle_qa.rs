@@ -17,9 +17,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use dspy_rs::{Predict, Predictor, Signature, configure, example};
-use dsrs_local::{
-    CandleAdapter, CandleConfig, CandleLoadOptions, CandleModel, GenerationConfig, local_lm,
-};
+use dsrs_local::{CandleAdapter, CandleConfig, CandleLoadOptions, CandleModel, local_lm};
 
 #[Signature]
 struct QA {
@@ -45,12 +43,7 @@ async fn main() -> anyhow::Result<()> {
         started.elapsed()
     );
 
-    // A random-weight model writes text until a field's cap: keep it short.
-    let config = if scratch.is_some() {
-        CandleConfig::default().with_generation(GenerationConfig::default().with_max_text_chars(80))
-    } else {
-        CandleConfig::default()
-    };
+    let config = CandleConfig::default().with_generation(common::generation(scratch.is_some()));
     configure(
         local_lm().await?,
         CandleAdapter::from_loaded_model(Arc::new(model), config),

@@ -16,9 +16,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use dspy_rs::{Predict, Predictor, Signature, configure, example};
-use dsrs_local::{
-    GenerationConfig, LlamaCppAdapter, LlamaCppConfig, LlamaCppLoadOptions, LlamaCppModel, local_lm,
-};
+use dsrs_local::{LlamaCppAdapter, LlamaCppConfig, LlamaCppLoadOptions, LlamaCppModel, local_lm};
 
 #[Signature]
 struct QA {
@@ -43,13 +41,7 @@ async fn main() -> anyhow::Result<()> {
         started.elapsed()
     );
 
-    // A random-weight model writes text until a field's cap: keep it short.
-    let config = if scratch.is_some() {
-        LlamaCppConfig::default()
-            .with_generation(GenerationConfig::default().with_max_text_chars(80))
-    } else {
-        LlamaCppConfig::default()
-    };
+    let config = LlamaCppConfig::default().with_generation(common::generation(scratch.is_some()));
     configure(
         local_lm().await?,
         LlamaCppAdapter::from_loaded_model(Arc::new(model), config),

@@ -3,16 +3,19 @@
 use std::path::PathBuf;
 
 use dsrs_local::testing::{TestModelSpec, chat_tokenizer};
+use dsrs_local::{GenerationConfig, ModelSource};
 
-/// The model named by the first argument or `DSRS_MODEL`; without one, a
-/// small test model with random weights written to a temporary folder (kept
-/// alive by the returned guard), and a note saying its answers are random.
+/// The model named by the first argument or `DSRS_MODEL` (a path,
+/// `owner/repo:file.gguf` from the Hugging Face cache, or an Ollama
+/// `name:tag`); without one, a small test model with random weights written to
+/// a temporary folder (kept alive by the returned guard).
+#[allow(dead_code)]
 pub fn model_path() -> anyhow::Result<(PathBuf, Option<tempfile::TempDir>)> {
-    if let Some(path) = std::env::args()
+    if let Some(name) = std::env::args()
         .nth(1)
         .or_else(|| std::env::var("DSRS_MODEL").ok())
     {
-        return Ok((PathBuf::from(path), None));
+        return Ok((ModelSource::parse(&name).resolve()?, None));
     }
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("tiny-random.gguf");
@@ -22,4 +25,15 @@ pub fn model_path() -> anyhow::Result<(PathBuf, Option<tempfile::TempDir>)> {
     );
     println!("Pass a GGUF path (or set DSRS_MODEL) to use a real model.\n");
     Ok((path, Some(dir)))
+}
+
+/// Generation settings: the defaults, but with short free-text fields for a
+/// random-weight model (which would otherwise write until the cap).
+#[allow(dead_code)]
+pub fn generation(random_model: bool) -> GenerationConfig {
+    if random_model {
+        GenerationConfig::default().with_max_text_chars(80)
+    } else {
+        GenerationConfig::default()
+    }
 }

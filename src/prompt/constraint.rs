@@ -91,22 +91,16 @@ impl OutputConstraint {
     }
 }
 
-const INTEGER: &str = r"/-?(0|[1-9][0-9]{0,17})/";
 const NUMBER: &str = r"/-?(0|[1-9][0-9]{0,15})(\.[0-9]{1,16})?([eE][-+]?[0-9]{1,2})?/";
 
-/// The Lark expression of a typed value: bounded regexes for scalars, compact
-/// JSON (llguidance's schema compiler) for lists, structs and anything else.
+/// The Lark expression of a typed value: bounded regexes for numbers and
+/// booleans, compact JSON (llguidance's schema compiler) for integers (whose
+/// type range it turns into an exact regex), lists, structs and anything else.
 fn typed_value(kind: &ValueKind, max_text_chars: usize) -> String {
     match kind {
-        ValueKind::Integer => INTEGER.to_string(),
         ValueKind::Number => NUMBER.to_string(),
         ValueKind::Boolean => r#""true" | "false""#.to_string(),
-        ValueKind::Optional(inner)
-            if matches!(
-                **inner,
-                ValueKind::Integer | ValueKind::Number | ValueKind::Boolean
-            ) =>
-        {
+        ValueKind::Optional(inner) if matches!(**inner, ValueKind::Number | ValueKind::Boolean) => {
             format!(r#"{} | "null""#, typed_value(inner, max_text_chars))
         }
         other => {

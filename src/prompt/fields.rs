@@ -15,8 +15,13 @@ use crate::{Error, Result};
 pub enum ValueKind {
     /// `String` and friends: free text, written raw after the marker.
     Text,
-    /// Any integer type (`i32`, `u64`, …).
-    Integer,
+    /// Any integer type (`i32`, `u64`, …), with the type's range.
+    Integer {
+        /// Smallest value of the type.
+        min: i128,
+        /// Largest value of the type.
+        max: i128,
+    },
     /// `f32` / `f64`.
     Number,
     /// `bool`.
@@ -49,8 +54,16 @@ impl ValueKind {
         }
         match last_path_segment(ty) {
             "String" | "str" | "char" => ValueKind::Text,
-            "i8" | "i16" | "i32" | "i64" | "i128" | "isize" | "u8" | "u16" | "u32" | "u64"
-            | "u128" | "usize" => ValueKind::Integer,
+            "i8" => integer(i8::MIN.into(), i8::MAX.into()),
+            "i16" => integer(i16::MIN.into(), i16::MAX.into()),
+            "i32" => integer(i32::MIN.into(), i32::MAX.into()),
+            "i64" | "isize" => integer(i64::MIN.into(), i64::MAX.into()),
+            "i128" => integer(i128::MIN, i128::MAX),
+            "u8" => integer(0, u8::MAX.into()),
+            "u16" => integer(0, u16::MAX.into()),
+            "u32" => integer(0, u32::MAX.into()),
+            "u64" | "usize" => integer(0, u64::MAX.into()),
+            "u128" => integer(0, i128::MAX),
             "f32" | "f64" => ValueKind::Number,
             "bool" => ValueKind::Boolean,
             _ => match schema {
@@ -66,7 +79,12 @@ impl ValueKind {
     pub fn json_schema(&self) -> Value {
         match self {
             ValueKind::Text => json!({"type": "string"}),
-            ValueKind::Integer => json!({"type": "integer"}),
+            // The grammar engine works in 64 bits: wider ranges are capped at 18 digits.
+            ValueKind::Integer { min, max } => json!({
+                "type": "integer",
+                "minimum": (*min).max(-GRAMMAR_INTEGER_LIMIT) as i64,
+                "maximum": (*max).min(GRAMMAR_INTEGER_LIMIT) as i64,
+            }),
             ValueKind::Number => json!({"type": "number"}),
             ValueKind::Boolean => json!({"type": "boolean"}),
             ValueKind::List(item) => json!({"type": "array", "items": item.json_schema()}),
@@ -80,7 +98,7 @@ impl ValueKind {
     pub fn describe(&self) -> String {
         match self {
             ValueKind::Text => "text".into(),
-            ValueKind::Integer => "an integer".into(),
+            ValueKind::Integer { min, max } => format!("an integer from {min} to {max}"),
             ValueKind::Number => "a number".into(),
             ValueKind::Boolean => "a boolean".into(),
             ValueKind::List(item) => format!("a JSON list of {}", item.describe()),
@@ -89,6 +107,13 @@ impl ValueKind {
             ValueKind::Any => "a JSON value".into(),
         }
     }
+}
+
+/// Largest magnitude of an integer the output grammar allows (18 digits).
+const GRAMMAR_INTEGER_LIMIT: i128 = 999_999_999_999_999_999;
+
+fn integer(min: i128, max: i128) -> ValueKind {
+    ValueKind::Integer { min, max }
 }
 
 /// `Vec<String>` → `Some("String")` when the outer name is one of `names`.
@@ -197,7 +222,17 @@ mod tests {
     fn kinds_follow_declared_types() {
         let none = Value::String(String::new());
         assert_eq!(ValueKind::from_declared("String", &none), ValueKind::Text);
-        assert_eq!(ValueKind::from_declared("i32", &none), ValueKind::Integer);
+        assert_eq!(
+            ValueKind::from_declared("i32", &none),
+            ValueKind::Integer {
+                min: i32::MIN.into(),
+                max: i32::MAX.into()
+            }
+        );
+        assert_eq!(
+            ValueKind::from_declared("u8", &none).json_schema(),
+            json!({"type": "integer", "minimum": 0, "maximum": 255})
+        );
         assert_eq!(ValueKind::from_declared("f64", &none), ValueKind::Number);
         assert_eq!(ValueKind::from_declared("bool", &none), ValueKind::Boolean);
         assert_eq!(
@@ -206,7 +241,10 @@ mod tests {
         );
         assert_eq!(
             ValueKind::from_declared("Option < Vec < i64 > >", &none),
-            ValueKind::Optional(Box::new(ValueKind::List(Box::new(ValueKind::Integer))))
+            ValueKind::Optional(Box::new(ValueKind::List(Box::new(integer(
+                i64::MIN.into(),
+                i64::MAX.into()
+            )))))
         );
         assert_eq!(
             ValueKind::from_declared("std :: string :: String", &none),

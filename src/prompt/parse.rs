@@ -206,7 +206,7 @@ fn coerce_text(text: &str, kind: &ValueKind) -> Option<Value> {
     let text = strip_fence(text.trim());
     match kind {
         ValueKind::Text => Some(Value::String(text.to_string())),
-        ValueKind::Integer => parse_integer(text),
+        ValueKind::Integer { min, max } => parse_integer(text, *min, *max),
         ValueKind::Number => parse_number(text),
         ValueKind::Boolean => parse_bool(text),
         ValueKind::Optional(inner) => {
@@ -238,10 +238,10 @@ fn coerce_json(value: &Value, kind: &ValueKind) -> Option<Value> {
         (ValueKind::Optional(inner), v) => coerce_json(v, inner),
         (ValueKind::Text, Value::String(s)) => Some(Value::String(s.clone())),
         (ValueKind::Text, v) => Some(Value::String(v.to_string())),
-        (ValueKind::Integer | ValueKind::Number | ValueKind::Boolean, Value::String(s)) => {
+        (ValueKind::Integer { .. } | ValueKind::Number | ValueKind::Boolean, Value::String(s)) => {
             coerce_text(s, kind)
         }
-        (ValueKind::Integer | ValueKind::Number | ValueKind::Boolean, v) => {
+        (ValueKind::Integer { .. } | ValueKind::Number | ValueKind::Boolean, v) => {
             coerce_text(&v.to_string(), kind)
         }
         (ValueKind::List(item), Value::Array(items)) => items
@@ -277,17 +277,28 @@ fn bare_scalar(text: &str) -> &str {
         .trim()
 }
 
-fn parse_integer(text: &str) -> Option<Value> {
+/// An integer of the field's range: `"42"`, `42.0` and `"42".` are 42.
+fn parse_integer(text: &str, min: i128, max: i128) -> Option<Value> {
     let text = bare_scalar(text);
-    if let Ok(i) = text.parse::<i64>() {
-        return Some(Value::Number(i.into()));
+    let value: i128 = match text.parse::<i128>() {
+        Ok(v) => v,
+        Err(_) => {
+            let f = text.parse::<f64>().ok()?;
+            // "42.0" is an integer; "42.5" is not. The range check keeps the cast exact.
+            if f.fract() != 0.0 || f.abs() >= 9.0e15 {
+                return None;
+            }
+            f as i128
+        }
+    };
+    if value < min || value > max {
+        return None;
     }
-    if let Ok(u) = text.parse::<u64>() {
-        return Some(Value::Number(u.into()));
+    if let Ok(v) = i64::try_from(value) {
+        Some(Value::Number(v.into()))
+    } else {
+        u64::try_from(value).ok().map(|v| Value::Number(v.into()))
     }
-    let f = text.parse::<f64>().ok()?;
-    // "42.0" is an integer; "42.5" is not. The range check keeps the cast exact.
-    (f.fract() == 0.0 && f.abs() < 9.0e15).then(|| Value::Number((f as i64).into()))
 }
 
 fn parse_number(text: &str) -> Option<Value> {

@@ -85,6 +85,10 @@ fn rejects_malformed_replies() {
         "integer field"
     );
     assert!(
+        !accepts(&multi, &good.replace("\n28\n", "\n99999999999\n")),
+        "an i32 field beyond i32's range"
+    );
+    assert!(
         !accepts(&multi, &good.replace("\n28\n", "\n28.5\n")),
         "integer field with a fraction"
     );

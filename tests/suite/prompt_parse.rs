@@ -123,6 +123,16 @@ fn errors_name_missing_and_mistyped_fields_and_keep_the_rest() {
 
     let fields = SignatureFields::of(&CapitalFacts::new()).unwrap();
     assert!(parse_reply(&fields, "[[ ## capital ## ]]\nParis").is_err());
+
+    // An integer outside the declared type's range is mistyped, not wrapped.
+    let reply = "[[ ## doubled ## ]] 99999999999 [[ ## half ## ]] 1 [[ ## is_even ## ]] true \
+                 [[ ## digits ## ]] [] [[ ## comment ## ]] ok";
+    let err = parse_reply(&multi(), reply).unwrap_err();
+    assert_eq!(err.mistyped[0].field, "doubled");
+    assert!(
+        err.to_string().contains("from -2147483648 to 2147483647"),
+        "{err}"
+    );
 }
 
 proptest! {

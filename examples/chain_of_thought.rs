@@ -1,0 +1,48 @@
+//! Chain of thought: a `#[Signature(cot)]` signature gets a `reasoning` field first.
+//!
+//! ```text
+//! cargo run --example chain_of_thought -- path/to/model.gguf
+//! ```
+//!
+//! Without a path it uses a small test model with random weights.
+
+#[path = "common/mod.rs"]
+mod common;
+
+use std::sync::Arc;
+
+use dspy_rs::{Predict, Predictor, Signature, configure, example};
+use dsrs_local::{LlamaCppAdapter, LlamaCppConfig, LlamaCppLoadOptions, LlamaCppModel, local_lm};
+
+#[Signature(cot)]
+struct Arithmetic {
+    /// Add the two numbers.
+    #[input]
+    a: i32,
+    #[input]
+    b: i32,
+    #[output]
+    sum: i32,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let (path, scratch) = common::model_path()?;
+    let model = Arc::new(LlamaCppModel::load(&path, LlamaCppLoadOptions::default())?);
+    let config = LlamaCppConfig::default().with_generation(common::generation(scratch.is_some()));
+    configure(
+        local_lm().await?,
+        LlamaCppAdapter::from_loaded_model(model, config),
+    );
+
+    let prediction = Predict::new(Arithmetic::new())
+        .forward(example! { "a": "input" => 17, "b": "input" => 25 })
+        .await?;
+    println!("17 + 25");
+    println!("reasoning: {}", prediction.get("reasoning", None));
+    println!(
+        "sum:       {} (an i32, as declared)",
+        prediction.get("sum", None)
+    );
+    Ok(())
+}

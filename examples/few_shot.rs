@@ -1,0 +1,52 @@
+//! Few-shot demos: examples set on the signature become user/assistant turns
+//! of the prompt, exactly as dspy-rs's `ChatAdapter` formats them.
+//!
+//! ```text
+//! cargo run --example few_shot -- path/to/model.gguf
+//! ```
+//!
+//! Without a path it uses a small test model with random weights.
+
+#[path = "common/mod.rs"]
+mod common;
+
+use std::sync::Arc;
+
+use dspy_rs::{MetaSignature, Signature, adapter::Adapter, example};
+use dsrs_local::{LlamaCppAdapter, LlamaCppConfig, LlamaCppLoadOptions, LlamaCppModel, local_lm};
+
+#[Signature]
+struct Capital {
+    /// Name the capital city of the country.
+    #[input]
+    country: String,
+    #[output]
+    capital: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let (path, scratch) = common::model_path()?;
+    let model = Arc::new(LlamaCppModel::load(&path, LlamaCppLoadOptions::default())?);
+    let config = LlamaCppConfig::default().with_generation(common::generation(scratch.is_some()));
+    let adapter = LlamaCppAdapter::from_loaded_model(model, config);
+
+    let mut signature = Capital::new();
+    signature.set_demos(vec![
+        example! { "country": "input" => "France", "capital": "output" => "Paris" },
+        example! { "country": "input" => "Japan", "capital": "output" => "Tokyo" },
+        example! { "country": "input" => "Kenya", "capital": "output" => "Nairobi" },
+    ])?;
+    let inputs = example! { "country": "input" => "Peru" };
+    let prompt = adapter.render_prompt(&signature, &inputs)?;
+    println!(
+        "The prompt holds {} demos ({} characters):\n{prompt}\n",
+        signature.demos().len(),
+        prompt.len()
+    );
+
+    let lm = Arc::new(local_lm().await?);
+    let prediction = adapter.call(lm, &signature, inputs, vec![]).await?;
+    println!("Peru → {}", prediction.get("capital", None));
+    Ok(())
+}

@@ -1,0 +1,63 @@
+//! Typed outputs: integers, booleans, lists and a struct with a JSON schema come
+//! back as values of their declared types (the output grammar guarantees it).
+//!
+//! ```text
+//! cargo run --example typed_outputs -- path/to/model.gguf
+//! ```
+//!
+//! Without a path it uses a small test model with random weights.
+
+#[path = "common/mod.rs"]
+mod common;
+
+use std::sync::Arc;
+
+use dspy_rs::{Predict, Predictor, Signature, configure, example};
+use dsrs_local::{LlamaCppAdapter, LlamaCppConfig, LlamaCppLoadOptions, LlamaCppModel, local_lm};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+struct City {
+    name: String,
+    population: u64,
+}
+
+#[Signature]
+struct CountryFacts {
+    /// Give facts about the country.
+    #[input]
+    country: String,
+    #[output]
+    capital: City,
+    #[output(desc = "number of bordering countries")]
+    neighbours: i32,
+    #[output]
+    landlocked: bool,
+    #[output(desc = "official languages")]
+    languages: Vec<String>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let (path, scratch) = common::model_path()?;
+    let model = Arc::new(LlamaCppModel::load(&path, LlamaCppLoadOptions::default())?);
+    let config = LlamaCppConfig::default().with_generation(common::generation(scratch.is_some()));
+    configure(
+        local_lm().await?,
+        LlamaCppAdapter::from_loaded_model(model, config),
+    );
+
+    let prediction = Predict::new(CountryFacts::new())
+        .forward(example! { "country": "input" => "Switzerland" })
+        .await?;
+    let capital: City = serde_json::from_value(prediction.get("capital", None))?;
+    let neighbours: i32 = serde_json::from_value(prediction.get("neighbours", None))?;
+    let landlocked: bool = serde_json::from_value(prediction.get("landlocked", None))?;
+    let languages: Vec<String> = serde_json::from_value(prediction.get("languages", None))?;
+    println!("capital:    {capital:?}");
+    println!("neighbours: {neighbours}");
+    println!("landlocked: {landlocked}");
+    println!("languages:  {languages:?}");
+    Ok(())
+}
