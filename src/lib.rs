@@ -4,10 +4,30 @@
 //! A DSPy program configures an adapter from this crate instead of an HTTP
 //! model; `Predict`, `batch`, `Evaluator` and the rest of dspy-rs run unchanged:
 //!
-//! ```text
-//! let model = Arc::new(LlamaCppModel::load("model.gguf", LlamaCppLoadOptions::default())?);
-//! configure(local_lm().await?, LlamaCppAdapter::from_loaded_model(model, LlamaCppConfig::default()));
-//! let out = Predict::new(QA::new()).forward(example! { "question": "input" => "2+2?" }).await?;
+//! ```no_run
+//! # #[cfg(feature = "llamacpp")]
+//! # mod example {
+//! use dspy_rs::{Predict, Predictor, Signature, configure, example};
+//! use dsrs_local::{HardwareManager, LlamaCppAdapter, LlamaCppConfig, ModelPool, ModelSpec, local_lm};
+//!
+//! #[Signature]
+//! struct QA {
+//!     /// Answer the question.
+//!     #[input]
+//!     question: String,
+//!     #[output]
+//!     answer: String,
+//! }
+//!
+//! async fn run() -> anyhow::Result<()> {
+//!     let pool = ModelPool::new(HardwareManager::detect());
+//!     let model = pool.load(ModelSpec::named("qwen2.5-0.5b-instruct-q4_k_m.gguf"))?;
+//!     configure(local_lm().await?, LlamaCppAdapter::from_loaded_model(model, LlamaCppConfig::default()));
+//!     let out = Predict::new(QA::new()).forward(example! { "question": "input" => "2+2?" }).await?;
+//!     println!("{}", out.get("answer", None));
+//!     Ok(())
+//! }
+//! # }
 //! ```
 //!
 //! How the crate is cut:
@@ -16,13 +36,16 @@
 //! - [`decode`]: sampling and stopping, shared by every backend;
 //! - [`backends`]: the engines (`llama_cpp`, `candle`), one per feature;
 //! - [`hardware`]: what the machine has; [`pool`]: loads sized to it, shared;
+//! - [`lookup`]: finding a model by path, Hugging Face repo or Ollama name;
 //! - [`gguf`]: reading a model file's header without its weights.
 //!
 //! | feature | what it adds |
 //! |---|---|
-//! | `llamacpp` (default) | [`LlamaCppAdapter`] on llama.cpp |
+//! | `llamacpp` (default) | `LlamaCppAdapter` on llama.cpp |
 //! | `candle` (default) | `CandleAdapter` on candle |
-//! | `cuda`, `vulkan`, `metal` | GPU builds of the enabled backends (candle has no Vulkan) |
+//! | `cuda` | CUDA builds of both backends (needs the CUDA toolkit) |
+//! | `vulkan` | Vulkan build of llama.cpp (candle has no Vulkan) |
+//! | `metal` | Metal builds of both backends (macOS) |
 //! | `test-utils` | a scripted backend and a GGUF model writer for tests |
 #![warn(missing_docs)]
 

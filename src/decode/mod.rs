@@ -71,7 +71,7 @@ impl Decoder {
                 return Ok(Some(FinishReason::Constraint));
             }
         }
-        if self.ends_with_stop() {
+        if self.ends_with_stop(piece.len()) {
             return Ok(Some(FinishReason::Stop));
         }
         if self.generated >= self.max_tokens {
@@ -80,20 +80,30 @@ impl Decoder {
         Ok(None)
     }
 
-    fn ends_with_stop(&mut self) -> bool {
-        let text = String::from_utf8_lossy(&self.bytes);
-        if text.contains(COMPLETED_MARKER) {
+    /// Whether the reply now contains the completed marker or a stop string
+    /// (which is cut off). Only the tail that the last piece could have
+    /// completed is searched, so a long reply costs no more per token.
+    fn ends_with_stop(&mut self, piece_len: usize) -> bool {
+        let longest = self
+            .stop
+            .iter()
+            .map(String::len)
+            .chain([COMPLETED_MARKER.len()])
+            .max()
+            .unwrap_or(0);
+        let start = self.bytes.len().saturating_sub(piece_len + longest);
+        let tail = &self.bytes[start..];
+        if find(tail, COMPLETED_MARKER.as_bytes()).is_some() {
             return true;
         }
         let cut = self
             .stop
             .iter()
             .filter(|s| !s.is_empty())
-            .filter_map(|s| text.find(s.as_str()))
+            .filter_map(|s| find(tail, s.as_bytes()))
             .min();
         if let Some(at) = cut {
-            let kept = text[..at].as_bytes().to_vec();
-            self.bytes = kept;
+            self.bytes.truncate(start + at);
             return true;
         }
         false
@@ -119,6 +129,14 @@ impl Decoder {
             timings,
         }
     }
+}
+
+/// The first position of `needle` in `haystack`.
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() || needle.len() > haystack.len() {
+        return None;
+    }
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 #[cfg(test)]

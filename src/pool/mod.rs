@@ -145,6 +145,9 @@ type Key = (PathBuf, TypeId, Option<u32>, bool, bool, Option<u64>);
 struct Slot {
     cell: OnceLock<std::result::Result<Arc<dyn Any + Send + Sync>, String>>,
     meta: Mutex<Option<SlotMeta>>,
+    /// The typed error of a failed load, for the caller that ran it (others
+    /// waiting on the same load get its message).
+    error: Mutex<Option<Error>>,
 }
 
 #[derive(Clone)]
@@ -252,6 +255,7 @@ impl ModelPool {
                 Arc::new(Slot {
                     cell: OnceLock::new(),
                     meta: Mutex::new(None),
+                    error: Mutex::new(None),
                 })
             }))
         };
@@ -269,14 +273,14 @@ impl ModelPool {
                 })
             }
             Err(reason) => {
-                let reason = reason.clone();
                 // Forget the failure so a later call can try again.
                 self.slots.lock().map_err(poisoned)?.remove(&key);
-                Err(Error::ModelLoad {
+                let typed = slot.error.lock().ok().and_then(|mut e| e.take());
+                Err(typed.unwrap_or_else(|| Error::ModelLoad {
                     backend: M::BACKEND,
                     path,
-                    reason,
-                })
+                    reason: reason.clone(),
+                }))
             }
         }
     }
@@ -288,20 +292,35 @@ impl ModelPool {
         key: &Key,
         slot: &Slot,
     ) -> std::result::Result<Arc<dyn Any + Send + Sync>, String> {
-        let plan = self.plan_file(path, spec).map_err(|e| e.to_string())?;
+        let loaded = self.plan_and_load::<M>(path, spec, key, slot);
+        loaded.map_err(|error| {
+            let message = error.to_string();
+            if let Ok(mut stash) = slot.error.lock() {
+                *stash = Some(error);
+            }
+            message
+        })
+    }
+
+    fn plan_and_load<M: PoolModel>(
+        &self,
+        path: &Path,
+        spec: &ModelSpec,
+        key: &Key,
+        slot: &Slot,
+    ) -> Result<Arc<dyn Any + Send + Sync>> {
+        let plan = self.plan_file(path, spec)?;
         let bytes = plan.gpu_bytes() + plan.host_bytes;
-        self.make_room(bytes, key).map_err(|e| e.to_string())?;
+        self.make_room(bytes, key)?;
         tracing::info!(path = %path.display(), backend = M::BACKEND, %plan, "loading");
-        let model = M::load_planned(path, &plan).map_err(|e| e.to_string())?;
-        if let Ok(mut meta) = slot.meta.lock() {
-            *meta = Some(SlotMeta {
-                path: path.to_path_buf(),
-                backend: M::BACKEND,
-                plan,
-                bytes,
-                last_used: Instant::now(),
-            });
-        }
+        let model = M::load_planned(path, &plan)?;
+        *slot.meta.lock().map_err(poisoned)? = Some(SlotMeta {
+            path: path.to_path_buf(),
+            backend: M::BACKEND,
+            plan,
+            bytes,
+            last_used: Instant::now(),
+        });
         Ok(Arc::new(model))
     }
 

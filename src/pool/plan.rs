@@ -62,9 +62,15 @@ impl ModelFacts {
             path: header.path.clone(),
             reason: format!("the header has no `{architecture}.{key}`, which sizing needs"),
         };
-        let layers = header
-            .arch_u64("block_count")
-            .ok_or_else(|| missing("block_count"))?;
+        // No layer count under the file's own architecture name: nothing here
+        // (nor, in practice, any engine) knows how to run it.
+        let layers =
+            header
+                .arch_u64("block_count")
+                .ok_or_else(|| Error::UnsupportedArchitecture {
+                    architecture: architecture.clone(),
+                    backend: "model pool",
+                })?;
         let embedding = header
             .arch_u64("embedding_length")
             .ok_or_else(|| missing("embedding_length"))?;

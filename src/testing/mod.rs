@@ -7,7 +7,9 @@ mod model_builder;
 use std::path::PathBuf;
 
 pub use mock::ScriptedBackend;
-pub use model_builder::{BYTE_LEVEL_SPECIAL_TOKENS, TestModelSpec, TestTokenizer, WeightType};
+pub use model_builder::{
+    BYTE_LEVEL_SPECIAL_TOKENS, TestArchitecture, TestModelSpec, TestTokenizer, WeightType,
+};
 
 /// `<relative>` under the shared models folder, when present: the folder named
 /// by `DSRS_SHARED_MODELS`, else `../shared/models` beside this checkout.

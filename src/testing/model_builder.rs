@@ -1,4 +1,4 @@
-//! Writes small llama-architecture GGUF models with seeded random weights,
+//! Writes small llama, qwen2 or qwen3 GGUF models with seeded random weights,
 //! a real tokenizer and a chat template, so tests and benchmarks need no download.
 //!
 //! The tokenizer and template are copied from a vocabulary-only GGUF (such as
@@ -33,6 +33,28 @@ pub enum WeightType {
     Q4K,
 }
 
+/// The model family: tensor names and hyperparameter keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestArchitecture {
+    /// Llama (also what Mistral and SmolLM files are).
+    Llama,
+    /// Qwen2: llama plus biases on the Q, K and V projections.
+    Qwen2,
+    /// Qwen3: llama plus RMS norms on queries and keys.
+    Qwen3,
+}
+
+impl TestArchitecture {
+    /// The GGUF architecture name.
+    pub fn name(self) -> &'static str {
+        match self {
+            TestArchitecture::Llama => "llama",
+            TestArchitecture::Qwen2 => "qwen2",
+            TestArchitecture::Qwen3 => "qwen3",
+        }
+    }
+}
+
 /// Where the vocabulary comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TestTokenizer {
@@ -65,8 +87,10 @@ pub struct TestModelSpec {
     pub scale: f32,
     /// The vocabulary.
     pub tokenizer: TestTokenizer,
-    /// `general.architecture`; the hyperparameter keys are always `llama.*`,
-    /// so anything but `"llama"` makes a file no engine should accept.
+    /// The family: tensors and hyperparameter key prefix.
+    pub family: TestArchitecture,
+    /// `general.architecture`, normally the family's name; anything else
+    /// makes a file no engine should accept.
     pub architecture: String,
 }
 
@@ -84,6 +108,7 @@ impl TestModelSpec {
             seed: 42,
             scale: 0.5,
             tokenizer,
+            family: TestArchitecture::Llama,
             architecture: "llama".into(),
         }
     }
@@ -102,6 +127,7 @@ impl TestModelSpec {
             seed: 7,
             scale: 0.02,
             tokenizer,
+            family: TestArchitecture::Llama,
             architecture: "llama".into(),
         }
     }
@@ -119,6 +145,7 @@ impl TestModelSpec {
             seed: 8,
             scale: 0.02,
             tokenizer,
+            family: TestArchitecture::Llama,
             architecture: "llama".into(),
         }
     }
@@ -137,7 +164,15 @@ impl TestModelSpec {
         self
     }
 
-    /// Sets `general.architecture`.
+    /// Sets the family (and `general.architecture` to its name).
+    #[must_use]
+    pub fn with_family(mut self, family: TestArchitecture) -> Self {
+        self.family = family;
+        self.architecture = family.name().into();
+        self
+    }
+
+    /// Sets `general.architecture` alone.
     #[must_use]
     pub fn with_architecture(mut self, architecture: impl Into<String>) -> Self {
         self.architecture = architecture.into();
@@ -175,18 +210,25 @@ impl TestModelSpec {
                 "general.name",
                 Value::String("dsrs-local test model".into()),
             ),
-            ("llama.block_count", u32_of(self.layers)),
-            ("llama.context_length", u32_of(self.context_length)),
-            ("llama.embedding_length", u32_of(self.hidden)),
-            ("llama.feed_forward_length", u32_of(self.ffn)),
-            ("llama.attention.head_count", u32_of(self.heads)),
-            ("llama.attention.head_count_kv", u32_of(self.kv_heads)),
-            ("llama.rope.dimension_count", u32_of(head_dim)),
-            ("llama.rope.freq_base", Value::F32(10_000.0)),
-            ("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
-            ("llama.vocab_size", u32_of(vocab)),
+            ("block_count", u32_of(self.layers)),
+            ("context_length", u32_of(self.context_length)),
+            ("embedding_length", u32_of(self.hidden)),
+            ("feed_forward_length", u32_of(self.ffn)),
+            ("attention.head_count", u32_of(self.heads)),
+            ("attention.head_count_kv", u32_of(self.kv_heads)),
+            ("attention.key_length", u32_of(head_dim)),
+            ("attention.value_length", u32_of(head_dim)),
+            ("rope.dimension_count", u32_of(head_dim)),
+            ("rope.freq_base", Value::F32(10_000.0)),
+            ("attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
+            ("vocab_size", u32_of(vocab)),
         ] {
-            metadata.insert(key.to_string(), value);
+            let key = if key.starts_with("general.") {
+                key.to_string()
+            } else {
+                format!("{}.{key}", self.family.name())
+            };
+            metadata.insert(key, value);
         }
 
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
@@ -203,9 +245,22 @@ impl TestModelSpec {
         for (name, rows, cols) in self.weight_shapes(vocab) {
             tensors.push((name, weight(rows, cols, &mut rng)?));
         }
+        // Family extras come from a second stream, so llama weights stay the same.
+        let mut extra_rng = ChaCha8Rng::seed_from_u64(self.seed.wrapping_add(1));
         for layer in 0..self.layers {
             tensors.push((format!("blk.{layer}.attn_norm.weight"), norm(self.hidden)?));
             tensors.push((format!("blk.{layer}.ffn_norm.weight"), norm(self.hidden)?));
+            for (name, len) in self.extra_vectors() {
+                let tensor = if name.contains("norm") {
+                    norm(len)?
+                } else {
+                    let values = random_tensor(&mut extra_rng, 1, len, self.scale)
+                        .and_then(|t| t.squeeze(0))
+                        .map_err(|e| fail(&e))?;
+                    QTensor::quantize(&values, GgmlDType::F32).map_err(|e| fail(&e))?
+                };
+                tensors.push((format!("blk.{layer}.{name}"), tensor));
+            }
         }
         tensors.push(("output_norm.weight".into(), norm(self.hidden)?));
 
@@ -244,6 +299,23 @@ impl TestModelSpec {
         shapes
     }
 
+    /// Per-layer vectors a family adds: (tensor name after `blk.N.`, length).
+    fn extra_vectors(&self) -> Vec<(&'static str, usize)> {
+        let head_dim = self.hidden / self.heads.max(1);
+        match self.family {
+            TestArchitecture::Llama => vec![],
+            TestArchitecture::Qwen2 => vec![
+                ("attn_q.bias", self.heads * head_dim),
+                ("attn_k.bias", self.kv_heads * head_dim),
+                ("attn_v.bias", self.kv_heads * head_dim),
+            ],
+            TestArchitecture::Qwen3 => vec![
+                ("attn_q_norm.weight", head_dim),
+                ("attn_k_norm.weight", head_dim),
+            ],
+        }
+    }
+
     /// What load sizing reads from the header of the file [`write`](Self::write)
     /// makes, computed without writing it (to plan the large shapes).
     pub fn facts(&self) -> Result<crate::pool::plan::ModelFacts> {
@@ -261,7 +333,12 @@ impl TestModelSpec {
             ((rows * cols / dtype.block_size()) * dtype.type_size()) as u64
         };
         let norm_bytes = (self.hidden * 4) as u64;
-        let mut layer_bytes = vec![2 * norm_bytes; self.layers];
+        let extra_bytes: u64 = self
+            .extra_vectors()
+            .iter()
+            .map(|(_, len)| (len * 4) as u64)
+            .sum();
+        let mut layer_bytes = vec![2 * norm_bytes + extra_bytes; self.layers];
         let (mut embedding_bytes, mut output_bytes) = (0, norm_bytes);
         for (name, rows, cols) in self.weight_shapes(vocab) {
             let size = bytes(rows, cols);

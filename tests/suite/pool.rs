@@ -172,6 +172,25 @@ fn bad_files_are_typed_errors() {
         pool.plan(&ModelSpec::gguf(&junk)),
         Err(Error::InvalidModelFile { .. })
     ));
+    let alien = dir.path().join("alien.gguf");
+    TestModelSpec::tiny(TestTokenizer::ByteLevel)
+        .with_architecture("frobnicator")
+        .write(&alien)
+        .unwrap();
+    match pool.load::<Counted>(ModelSpec::gguf(&alien)) {
+        Err(Error::UnsupportedArchitecture { architecture, .. }) => {
+            assert_eq!(architecture, "frobnicator")
+        }
+        other => panic!("expected UnsupportedArchitecture, got {other:?}"),
+    }
+    // Too large for the pool's budget: how much it needs and what there is.
+    let tiny_budget = cpu_pool().with_budget(1 << 20);
+    match tiny_budget.load::<Counted>(ModelSpec::gguf(&MODELS.1[0])) {
+        Err(Error::InsufficientMemory {
+            needed, available, ..
+        }) => assert!(needed > available),
+        other => panic!("expected InsufficientMemory, got {other:?}"),
+    }
 }
 
 #[cfg(feature = "llamacpp")]

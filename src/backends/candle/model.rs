@@ -19,6 +19,9 @@ pub(super) const BACKEND: &str = "candle";
 /// The architectures this backend runs (Mistral and SmolLM files say `llama`).
 pub const SUPPORTED_ARCHITECTURES: [&str; 3] = ["llama", "qwen2", "qwen3"];
 
+/// candle-transformers' quantized qwen3 allocates its CPU KV cache for this many positions.
+const QWEN3_CPU_POSITIONS: usize = 4096;
+
 /// Context length used when neither the load nor the adapter sets one.
 const DEFAULT_CONTEXT_CAP: usize = 4096;
 
@@ -163,12 +166,14 @@ impl CandleModel {
         let trained = header
             .arch_u64("context_length")
             .unwrap_or(LLAMA_ROPE_POSITIONS as u64) as usize;
+        let device = select_device(options.device);
         let max_positions = match architecture.as_str() {
             "llama" => LLAMA_ROPE_POSITIONS,
+            // candle's quantized qwen3 keeps a 4096-position KV cache on the CPU.
+            "qwen3" if device.is_cpu() => trained.min(QWEN3_CPU_POSITIONS),
             _ => trained,
         };
 
-        let device = select_device(options.device);
         let load_error = |reason: String| Error::ModelLoad {
             backend: BACKEND,
             path: path.to_path_buf(),
