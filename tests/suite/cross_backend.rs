@@ -244,3 +244,54 @@ fn relative_difference(ours: &[f32], theirs: &[f32]) -> f64 {
         .sqrt();
     diff / norm
 }
+
+/// The whole chat path — template, special tokens, BOS — gives the same
+/// prompt tokens on both backends, for BPE and SentencePiece vocabularies,
+/// and both answer a constrained `Predict`.
+#[tokio::test]
+async fn rendered_chat_prompts_tokenize_the_same_on_both_backends() {
+    let dir = tempfile::tempdir().unwrap();
+    let lm = dsrs_local::local_lm().await.unwrap();
+    let mut checked = 0;
+    for vocab in [
+        "ggml-vocab-deepseek-coder-chat.gguf",
+        "ggml-vocab-phi-3.gguf",
+        "ggml-vocab-llama-spm.gguf",
+        "ggml-vocab-gpt-2.gguf",
+    ] {
+        let Some(vocab_path) = shared_model(&format!("vocab/{vocab}")) else {
+            continue;
+        };
+        let path = dir.path().join(vocab);
+        TestModelSpec::tiny(TestTokenizer::CopyFrom(vocab_path))
+            .write(&path)
+            .unwrap();
+        let config = dsrs_local::GenerationConfig::default().with_max_text_chars(40);
+        let llama = LlamaCppAdapter::from_loaded_model(
+            Arc::new(LlamaCppModel::load(&path, LlamaCppLoadOptions::default()).unwrap()),
+            LlamaCppConfig::default().with_generation(config.clone()),
+        );
+        let candle = CandleAdapter::from_loaded_model(
+            Arc::new(CandleModel::load(&path, CandleLoadOptions::default()).unwrap()),
+            CandleConfig::default().with_generation(config),
+        );
+        let mut signature = crate::QA::new();
+        dspy_rs::MetaSignature::set_demos(
+            &mut signature,
+            vec![dspy_rs::example! { "question": "input" => "Où est Zürich? 🏔", "answer": "output" => "En Suisse." }],
+        )
+        .unwrap();
+        let inputs = dspy_rs::example! { "question": "input" => "什么是  DSPy?\n\tExplain." };
+        let (_, a) = llama.predict(&lm, &signature, &inputs).await.unwrap();
+        let (_, b) = candle.predict(&lm, &signature, &inputs).await.unwrap();
+        assert_eq!(a.prompt_tokens, b.prompt_tokens, "{vocab}: prompt tokens");
+        let prompt = llama.render_prompt(&signature, &inputs).unwrap();
+        assert_eq!(
+            dsrs_local::Backend::count_tokens(llama.backend().as_ref(), &prompt).unwrap(),
+            dsrs_local::Backend::count_tokens(candle.backend().as_ref(), &prompt).unwrap(),
+            "{vocab}"
+        );
+        checked += 1;
+    }
+    println!("checked {checked} vocabularies");
+}
