@@ -59,7 +59,7 @@ pub mod hardware;
 mod lm;
 pub mod lookup;
 pub mod pool;
-mod progress;
+pub mod progress;
 pub mod prompt;
 
 #[cfg(feature = "test-utils")]

@@ -1,4 +1,5 @@
-//! A progress bar for model loads, on the terminal only.
+//! A progress bar for model loads, on the terminal only. Public so that a
+//! backend outside this crate can show the same bar.
 //!
 //! indicatif draws to stderr and stays silent when stderr is not a terminal;
 //! `show_progress: false` in the load options, or `DSRS_PROGRESS=0`, turns it off.
@@ -9,7 +10,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 const STEPS: u64 = 1000;
 
 /// A bar for loading `name`: determinate when the backend reports progress.
-pub(crate) fn load_bar(name: &str, enabled: bool, determinate: bool) -> ProgressBar {
+pub fn load_bar(name: &str, enabled: bool, determinate: bool) -> ProgressBar {
     let off = !enabled || std::env::var("DSRS_PROGRESS").is_ok_and(|v| v == "0");
     if off {
         return ProgressBar::hidden();
@@ -35,6 +36,6 @@ pub(crate) fn load_bar(name: &str, enabled: bool, determinate: bool) -> Progress
 }
 
 /// Sets a determinate bar to a fraction in [0, 1].
-pub(crate) fn set_fraction(bar: &ProgressBar, fraction: f32) {
+pub fn set_fraction(bar: &ProgressBar, fraction: f32) {
     bar.set_position((f64::from(fraction.clamp(0.0, 1.0)) * STEPS as f64) as u64);
 }
