@@ -9,10 +9,8 @@
 #[path = "common/mod.rs"]
 mod common;
 
-use std::sync::Arc;
-
 use dspy_rs::{Predict, Predictor, Signature, configure, example};
-use dsrs_local::{LlamaCppAdapter, LlamaCppConfig, LlamaCppLoadOptions, LlamaCppModel, local_lm};
+use dsrs_local::local_lm;
 
 #[Signature(cot)]
 struct Arithmetic {
@@ -27,13 +25,8 @@ struct Arithmetic {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let (path, scratch) = common::model_path()?;
-    let model = Arc::new(LlamaCppModel::load(&path, LlamaCppLoadOptions::default())?);
-    let config = LlamaCppConfig::default().with_generation(common::generation(scratch.is_some()));
-    configure(
-        local_lm().await?,
-        LlamaCppAdapter::from_loaded_model(model, config),
-    );
+    let (adapter, _scratch) = common::llama_cpp_adapter()?;
+    configure(local_lm().await?, adapter);
 
     let prediction = Predict::new(Arithmetic::new())
         .forward(example! { "a": "input" => 17, "b": "input" => 25 })

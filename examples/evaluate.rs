@@ -10,13 +10,12 @@
 #[path = "common/mod.rs"]
 mod common;
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use dspy_rs::{
     Evaluator, Example, Module, Predict, Prediction, Predictor, Signature, configure, example,
 };
-use dsrs_local::{LlamaCppAdapter, LlamaCppConfig, LlamaCppLoadOptions, LlamaCppModel, local_lm};
+use dsrs_local::local_lm;
 
 #[Signature]
 struct Add {
@@ -52,13 +51,8 @@ impl Evaluator for Adder {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let (path, scratch) = common::model_path()?;
-    let model = Arc::new(LlamaCppModel::load(&path, LlamaCppLoadOptions::default())?);
-    let config = LlamaCppConfig::default().with_generation(common::generation(scratch.is_some()));
-    configure(
-        local_lm().await?,
-        LlamaCppAdapter::from_loaded_model(model, config),
-    );
+    let (adapter, _scratch) = common::llama_cpp_adapter()?;
+    configure(local_lm().await?, adapter);
 
     let dataset: Vec<Example> = [
         (2, 3),

@@ -13,7 +13,7 @@ mod common;
 use std::sync::Arc;
 
 use dspy_rs::{MetaSignature, Signature, adapter::Adapter, example};
-use dsrs_local::{LlamaCppAdapter, LlamaCppConfig, LlamaCppLoadOptions, LlamaCppModel, local_lm};
+use dsrs_local::local_lm;
 
 #[Signature]
 struct Capital {
@@ -26,10 +26,7 @@ struct Capital {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let (path, scratch) = common::model_path()?;
-    let model = Arc::new(LlamaCppModel::load(&path, LlamaCppLoadOptions::default())?);
-    let config = LlamaCppConfig::default().with_generation(common::generation(scratch.is_some()));
-    let adapter = LlamaCppAdapter::from_loaded_model(model, config);
+    let (adapter, _scratch) = common::llama_cpp_adapter()?;
 
     let mut signature = Capital::new();
     signature.set_demos(vec![
