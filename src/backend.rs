@@ -82,6 +82,8 @@ pub struct Generation {
     pub text: String,
     /// Tokens in the prompt, as the model's tokenizer counts them.
     pub prompt_tokens: usize,
+    /// Of those, how many were served from the KV cache of an earlier request.
+    pub cached_prompt_tokens: usize,
     /// Tokens generated for the reply (end-of-generation tokens excluded).
     pub completion_tokens: usize,
     /// Why it ended.

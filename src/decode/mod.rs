@@ -124,6 +124,7 @@ impl Decoder {
         Generation {
             text: String::from_utf8_lossy(&self.bytes).into_owned(),
             prompt_tokens,
+            cached_prompt_tokens: 0,
             completion_tokens: self.generated,
             finish_reason,
             timings,

@@ -86,6 +86,7 @@ impl Backend for ScriptedBackend {
         Ok(Generation {
             completion_tokens: words(&text),
             prompt_tokens: words(&request.prompt),
+            cached_prompt_tokens: 0,
             text,
             finish_reason: FinishReason::Stop,
             timings: Timings::default(),

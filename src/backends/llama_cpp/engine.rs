@@ -32,6 +32,9 @@ pub struct LlamaCppConfig {
     pub batch_size: u32,
     /// CPU threads; `None` = all available cores.
     pub threads: Option<i32>,
+    /// Keep the previous request's KV cache and evaluate only what a new
+    /// prompt does not share with it (on by default).
+    pub reuse_prefix: bool,
     /// Sampling, budget, constraint and concurrency settings.
     pub generation: GenerationConfig,
 }
@@ -42,6 +45,7 @@ impl Default for LlamaCppConfig {
             context_length: None,
             batch_size: 512,
             threads: None,
+            reuse_prefix: true,
             generation: GenerationConfig::default(),
         }
     }
@@ -64,6 +68,12 @@ impl LlamaCppConfig {
     #[must_use]
     pub fn with_threads(mut self, threads: i32) -> Self {
         self.threads = Some(threads.max(1));
+        self
+    }
+    /// Turns reuse of the previous request's KV cache on or off.
+    #[must_use]
+    pub fn with_prefix_reuse(mut self, reuse: bool) -> Self {
+        self.reuse_prefix = reuse;
         self
     }
     /// Sets the generation settings.
@@ -111,6 +121,7 @@ impl LlamaCppBackend {
             context_length,
             batch_size: config.batch_size.clamp(1, context_length),
             threads,
+            reuse_prefix: config.reuse_prefix,
         };
         LlamaCppBackend {
             model,
@@ -183,10 +194,14 @@ struct ContextSettings {
     context_length: u32,
     batch_size: u32,
     threads: i32,
+    reuse_prefix: bool,
 }
 
 fn worker(model: &LlamaCppModel, settings: ContextSettings, jobs: Receiver<Job>) {
     let mut context: Option<LlamaContext<'_>> = None;
+    // The tokens the context's KV cache holds, at positions 0.., from the
+    // previous request; empty when unknown.
+    let mut cached: Vec<LlamaToken> = Vec::new();
     for job in jobs {
         if context.is_none() {
             match create_context(model, settings) {
@@ -200,7 +215,7 @@ fn worker(model: &LlamaCppModel, settings: ContextSettings, jobs: Receiver<Job>)
         let Some(ctx) = context.as_mut() else {
             continue;
         };
-        let result = run(model, ctx, settings, &job.request);
+        let result = run(model, ctx, settings, &mut cached, &job.request);
         // The caller may have gone away (cancelled); nothing to do then.
         let _ = job.reply.send(result);
     }
@@ -223,11 +238,24 @@ fn inference_error(reason: impl std::fmt::Display) -> Error {
     }
 }
 
-/// One request: prefill the prompt, then decode token by token.
+/// Tokens the two sequences start with in common.
+fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// One request: prefill what the KV cache does not already hold, then decode
+/// token by token.
+///
+/// A DSPy program sends the same system message and demos again and again;
+/// the KV cache still holds the previous request's tokens, so only the part
+/// after the common prefix is evaluated (at least the last prompt token, for
+/// its logits). A changed instruction or demo changes the tokens, so the
+/// reuse ends there by itself.
 fn run(
     model: &LlamaCppModel,
     ctx: &mut LlamaContext<'_>,
     settings: ContextSettings,
+    cached: &mut Vec<LlamaToken>,
     request: &GenerationRequest,
 ) -> Result<Generation> {
     let prompt = model.tokenize_prompt(&request.prompt)?;
@@ -244,31 +272,48 @@ fn run(
     };
     let mut decoder = Decoder::new(request, matcher, model.end_of_generation().to_vec());
 
-    ctx.clear_kv_cache();
+    let mut reused = if settings.reuse_prefix {
+        common_prefix(cached, &prompt).min(prompt.len().saturating_sub(1))
+    } else {
+        0
+    };
+    // Drop the cached positions past the shared prefix (all of them when
+    // nothing is shared, or when the cache cannot be cut, as for recurrent models).
+    let cut = reused > 0
+        && ctx
+            .clear_kv_cache_seq(Some(0), Some(reused as u32), None)
+            .unwrap_or(false);
+    if !cut {
+        ctx.clear_kv_cache();
+        reused = 0;
+    }
+    cached.clear();
+
     let started = Instant::now();
     let batch_size = settings.batch_size as usize;
     let mut batch = LlamaBatch::new(batch_size.max(1), 1);
-    for (chunk_index, chunk) in prompt.chunks(batch_size).enumerate() {
+    let mut position = reused;
+    for chunk in prompt[reused..].chunks(batch_size) {
         batch.clear();
-        let base = chunk_index * batch_size;
-        for (offset, &token) in chunk.iter().enumerate() {
-            let position = base + offset;
+        for &token in chunk {
             let is_last = position + 1 == prompt.len();
             batch
                 .add(token, position as i32, &[0], is_last)
                 .map_err(inference_error)?;
+            position += 1;
         }
         ctx.decode(&mut batch).map_err(inference_error)?;
     }
     let prefill = started.elapsed();
     tracing::debug!(
-        tokens = prompt.len(),
+        tokens = prompt.len() - reused,
+        reused,
         ms = prefill.as_secs_f64() * 1e3,
         "prefill"
     );
 
     let decode_started = Instant::now();
-    let mut position = prompt.len();
+    let mut evaluated = prompt.clone();
     let finish_reason = loop {
         let mut logits = ctx.get_logits_ith(batch.n_tokens() - 1).to_vec();
         let token = decoder.next_token(&mut logits)?;
@@ -283,11 +328,15 @@ fn run(
             .add(LlamaToken(token as i32), position as i32, &[0], true)
             .map_err(inference_error)?;
         ctx.decode(&mut batch).map_err(inference_error)?;
+        evaluated.push(LlamaToken(token as i32));
         position += 1;
     };
+    *cached = evaluated;
     let timings = Timings {
         prefill,
         decode: decode_started.elapsed(),
     };
-    Ok(decoder.finish(prompt.len(), finish_reason, timings))
+    let mut generation = decoder.finish(prompt.len(), finish_reason, timings);
+    generation.cached_prompt_tokens = reused;
+    Ok(generation)
 }

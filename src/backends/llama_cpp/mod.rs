@@ -18,6 +18,11 @@
 //!   (finish reason `Length`).
 //! - **Usage**: prompt tokens are the model tokenizer's count of the rendered
 //!   prompt; completion tokens are the tokens the decode loop produced.
+//! - **Prefix reuse**: the context keeps the previous request's KV cache; a
+//!   new prompt evaluates only what follows the prefix it shares with it (the
+//!   system message and demos of a DSPy signature), with the same replies as
+//!   a cold context (`Generation::cached_prompt_tokens` counts the reused
+//!   tokens; `LlamaCppConfig::with_prefix_reuse(false)` turns it off).
 //! - **Concurrency**: each adapter owns one worker thread with one llama.cpp
 //!   context; concurrent calls queue and run one after another on it. Callers
 //!   wait on tokio's blocking pool, never on the async executor. Several
