@@ -9,6 +9,8 @@
 
 #[path = "common/mod.rs"]
 mod common;
+#[path = "common/llama_cpp.rs"]
+mod llama_cpp_setup;
 
 use std::time::Instant;
 
@@ -51,7 +53,7 @@ impl Evaluator for Adder {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let (adapter, _scratch) = common::llama_cpp_adapter()?;
+    let (adapter, _scratch) = llama_cpp_setup::llama_cpp_adapter()?;
     configure(local_lm().await?, adapter);
 
     let dataset: Vec<Example> = [

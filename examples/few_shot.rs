@@ -9,6 +9,8 @@
 
 #[path = "common/mod.rs"]
 mod common;
+#[path = "common/llama_cpp.rs"]
+mod llama_cpp_setup;
 
 use std::sync::Arc;
 
@@ -26,7 +28,7 @@ struct Capital {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let (adapter, _scratch) = common::llama_cpp_adapter()?;
+    let (adapter, _scratch) = llama_cpp_setup::llama_cpp_adapter()?;
 
     let mut signature = Capital::new();
     signature.set_demos(vec![

@@ -9,6 +9,8 @@
 
 #[path = "common/mod.rs"]
 mod common;
+#[path = "common/llama_cpp.rs"]
+mod llama_cpp_setup;
 
 use dspy_rs::{Predict, Predictor, Signature, configure, example};
 use dsrs_local::local_lm;
@@ -38,7 +40,7 @@ struct CountryFacts {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let (adapter, _scratch) = common::llama_cpp_adapter()?;
+    let (adapter, _scratch) = llama_cpp_setup::llama_cpp_adapter()?;
     configure(local_lm().await?, adapter);
 
     let prediction = Predict::new(CountryFacts::new())

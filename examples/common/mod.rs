@@ -37,17 +37,3 @@ pub fn generation(random_model: bool) -> GenerationConfig {
         GenerationConfig::default()
     }
 }
-
-/// A llama.cpp adapter on the model from [`model_path`], with the settings of
-/// [`generation`]; `llamacpp_qa.rs` shows these steps one by one.
-#[allow(dead_code)]
-pub fn llama_cpp_adapter()
--> anyhow::Result<(dsrs_local::LlamaCppAdapter, Option<tempfile::TempDir>)> {
-    use std::sync::Arc;
-
-    use dsrs_local::{LlamaCppAdapter, LlamaCppConfig, LlamaCppLoadOptions, LlamaCppModel};
-    let (path, scratch) = model_path()?;
-    let model = Arc::new(LlamaCppModel::load(&path, LlamaCppLoadOptions::default())?);
-    let config = LlamaCppConfig::default().with_generation(generation(scratch.is_some()));
-    Ok((LlamaCppAdapter::from_loaded_model(model, config), scratch))
-}
