@@ -6,9 +6,11 @@
 deps:
 	@./.ci/install-deps
 
-# The main job: a DSPy program answering with a local model, in-process.
+# The main job: a DSPy program answering with a local model, in-process,
+# through each backend (the crate's own small model unless DSRS_MODEL is set).
 demo: deps
 	cargo run --example llamacpp_qa
+	cargo run --example candle_qa
 
 # The whole test suite.
 test: deps

@@ -13,6 +13,11 @@
 //! (no grammar, `max_tokens` generated tokens): prompt-processing and
 //! generation tokens/s. It prints a table and writes JSON next to the model
 //! (`target/dsrs-bench/`). The model is written once and reused.
+//!
+//! For llama.cpp it also measures an evaluation: `--eval-examples` QA calls
+//! with 4 demos (default 16, each at most 32 reply tokens), made one by one
+//! and then all at once (decoded together in batches of up to 8 sequences,
+//! sharing the system message and demos): examples per second and the ratio.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -42,6 +47,7 @@ struct Options {
     runs: usize,
     prompt_tokens: usize,
     generated_tokens: usize,
+    eval_examples: usize,
 }
 
 fn options() -> anyhow::Result<Options> {
@@ -50,6 +56,7 @@ fn options() -> anyhow::Result<Options> {
         runs: 3,
         prompt_tokens: 128,
         generated_tokens: 64,
+        eval_examples: 16,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -66,6 +73,7 @@ fn options() -> anyhow::Result<Options> {
             "--runs" => options.runs = value()?.parse()?,
             "--prompt-tokens" => options.prompt_tokens = value()?.parse()?,
             "--generated-tokens" => options.generated_tokens = value()?.parse()?,
+            "--eval-examples" => options.eval_examples = value()?.parse()?,
             other => anyhow::bail!("unknown argument {other}"),
         }
     }
@@ -139,6 +147,55 @@ async fn measure<B: Backend>(
     })
 }
 
+/// Examples per second through `concurrency` sequences: QA with 4 demos, a
+/// new question each, all sent at once.
+async fn evaluation_rate(
+    model: &Arc<LlamaCppModel>,
+    examples: usize,
+    concurrency: usize,
+) -> anyhow::Result<(f64, usize)> {
+    let lm = local_lm().await?;
+    let mut signature = QA::new();
+    dspy_rs::MetaSignature::set_demos(
+        &mut signature,
+        vec![
+            example! { "question": "input" => "What is the capital of France?", "answer": "output" => "Paris" },
+            example! { "question": "input" => "What is 2 + 2?", "answer": "output" => "4" },
+            example! { "question": "input" => "Which planet is largest?", "answer": "output" => "Jupiter" },
+            example! { "question": "input" => "Who wrote Hamlet?", "answer": "output" => "Shakespeare" },
+        ],
+    )?;
+    let config = GenerationConfig::default()
+        .with_max_tokens(32)
+        .with_max_concurrency(concurrency);
+    let adapter = LlamaCppAdapter::from_loaded_model(
+        Arc::clone(model),
+        LlamaCppConfig::default()
+            .with_context_length(4096)
+            .with_generation(config),
+    );
+    // Warm-up: context creation and the grammar index stay out of the figure.
+    adapter
+        .predict(
+            &lm,
+            &signature,
+            &example! { "question": "input" => "Warm up?" },
+        )
+        .await?;
+    let questions: Vec<_> = (0..examples)
+        .map(|i| example! { "question": "input" => format!("What is the capital of country number {i}?") })
+        .collect();
+    let started = Instant::now();
+    let calls = questions
+        .iter()
+        .map(|inputs| adapter.predict(&lm, &signature, inputs));
+    for result in futures::future::join_all(calls).await {
+        result?;
+    }
+    let rate = examples as f64 / started.elapsed().as_secs_f64();
+    Ok((rate, adapter.backend().peak_concurrency()))
+}
+
 /// Words until the backend's tokenizer counts `tokens` tokens.
 fn fixed_prompt(backend: &dyn Backend, tokens: usize) -> anyhow::Result<String> {
     let words = [
@@ -175,9 +232,9 @@ async fn main() -> anyhow::Result<()> {
         .with_max_tokens(options.generated_tokens)
         .with_seed(1);
 
-    let llama = Arc::new(LlamaCppModel::load(&path, LlamaCppLoadOptions::default())?);
+    let llama_model = Arc::new(LlamaCppModel::load(&path, LlamaCppLoadOptions::default())?);
     let llama = LlamaCppAdapter::from_loaded_model(
-        llama,
+        Arc::clone(&llama_model),
         LlamaCppConfig::default().with_generation(config.clone()),
     );
     let candle = Arc::new(CandleModel::load(&path, CandleLoadOptions::default())?);
@@ -212,6 +269,16 @@ async fn main() -> anyhow::Result<()> {
             candle.tg_tokens_per_s / llama.tg_tokens_per_s
         );
     }
+    let (one_by_one, _) = evaluation_rate(&llama_model, options.eval_examples, 1).await?;
+    let (together, peak) = evaluation_rate(&llama_model, options.eval_examples, 8).await?;
+    println!(
+        "\nllama.cpp evaluation, {} QA examples with 4 demos: one by one {:.2}/s, \
+         decoded together {:.2}/s (up to {peak} at once): {:.2}x",
+        options.eval_examples,
+        one_by_one,
+        together,
+        together / one_by_one
+    );
     let report = json!({
         "model": path.display().to_string(),
         "weights": label,
@@ -221,6 +288,12 @@ async fn main() -> anyhow::Result<()> {
         "generated_tokens": options.generated_tokens,
         "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         "rows": rows,
+        "evaluation": {
+            "examples": options.eval_examples,
+            "one_by_one_per_s": one_by_one,
+            "batched_per_s": together,
+            "peak_sequences": peak,
+        },
     });
     let out = dir.join(format!("results-{label}.json"));
     std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;

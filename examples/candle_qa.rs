@@ -6,8 +6,8 @@
 //! ```
 //!
 //! The same program as `llamacpp_qa`, with the candle backend: only the
-//! model type and the adapter differ. Without a path it writes a small test
-//! model with random weights, so the answer is well-formed but random.
+//! model type and the adapter differ. Without a path it uses the crate's own
+//! small model, `models/dsrs-tiny.gguf`, which knows this answer.
 
 #[path = "common/mod.rs"]
 mod common;

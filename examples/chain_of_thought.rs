@@ -4,7 +4,8 @@
 //! cargo run --example chain_of_thought -- path/to/model.gguf
 //! ```
 //!
-//! Without a path it uses a small test model with random weights.
+//! Without a path it uses the crate's own small model, `models/dsrs-tiny.gguf`,
+//! whose arithmetic is not reliable yet (`specs/tiny-model.md`).
 
 #[path = "common/mod.rs"]
 mod common;

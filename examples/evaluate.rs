@@ -5,7 +5,9 @@
 //! cargo run --example evaluate -- path/to/model.gguf
 //! ```
 //!
-//! Without a path it uses a small test model with random weights, which scores about 0.
+//! Without a path it uses the crate's own small model, `models/dsrs-tiny.gguf`,
+//! which was trained on sums like these but has not learned them yet: expect
+//! a low score (see `specs/tiny-model.md`).
 
 #[path = "common/mod.rs"]
 mod common;

@@ -5,7 +5,7 @@
 //! cargo run --example few_shot -- path/to/model.gguf
 //! ```
 //!
-//! Without a path it uses a small test model with random weights.
+//! Without a path it uses the crate's own small model, `models/dsrs-tiny.gguf`.
 
 #[path = "common/mod.rs"]
 mod common;

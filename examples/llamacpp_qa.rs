@@ -5,8 +5,8 @@
 //! DSRS_MODEL=path/to/model.gguf cargo run --example llamacpp_qa
 //! ```
 //!
-//! Without a path it writes a small test model with random weights and uses
-//! that: the answers are then well-formed but random.
+//! Without a path it uses the crate's own small model, `models/dsrs-tiny.gguf`
+//! (trained by `tools/train-tiny`), which knows this answer.
 
 #[path = "common/mod.rs"]
 mod common;

@@ -5,7 +5,7 @@
 //! DSRS_DEVICE=fake-gpu:8589934592 cargo run --example pool   # plan for a made-up 8 GiB GPU
 //! ```
 //!
-//! Without a path it writes a small test model with random weights.
+//! Without a path it uses the crate's own small model, `models/dsrs-tiny.gguf`.
 
 #[path = "common/mod.rs"]
 mod common;

@@ -2,13 +2,15 @@
 
 use std::path::PathBuf;
 
-use dsrs_local::testing::{TestModelSpec, chat_tokenizer};
+use dsrs_local::testing::{TestModelSpec, chat_tokenizer, task_model_path};
 use dsrs_local::{GenerationConfig, ModelSource};
 
 /// The model named by the first argument or `DSRS_MODEL` (a path,
 /// `owner/repo:file.gguf` from the Hugging Face cache, or an Ollama
-/// `name:tag`); without one, a small test model with random weights written to
-/// a temporary folder (kept alive by the returned guard).
+/// `name:tag`); without one, the crate's own small model
+/// (`models/dsrs-tiny.gguf`, trained on arithmetic, capitals, sentiment,
+/// parity and word lists); if that file is missing, a model with random
+/// weights written to a temporary folder (kept alive by the returned guard).
 #[allow(dead_code)]
 pub fn model_path() -> anyhow::Result<(PathBuf, Option<tempfile::TempDir>)> {
     if let Some(name) = std::env::args()
@@ -16,6 +18,16 @@ pub fn model_path() -> anyhow::Result<(PathBuf, Option<tempfile::TempDir>)> {
         .or_else(|| std::env::var("DSRS_MODEL").ok())
     {
         return Ok((ModelSource::parse(&name).resolve()?, None));
+    }
+    let own = task_model_path();
+    if own.is_file() {
+        println!(
+            "No model given: using the crate's own small model {} (trained on capitals, \
+             arithmetic, sentiment, parity and word lists; reliable so far on capitals only). \
+             Pass a GGUF path or set DSRS_MODEL for a real model.\n",
+            own.display()
+        );
+        return Ok((own, None));
     }
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("tiny-random.gguf");

@@ -2,7 +2,8 @@
 //!
 //! The grammar forces the marker structure `ChatAdapter` uses for demos —
 //! `[[ ## field ## ]]\n<value>\n\n` for each output field in order, then
-//! `[[ ## completed ## ]]` — with each value of its declared type:
+//! `[[ ## completed ## ]]` and an optional newline — with each value of its
+//! declared type:
 //! free text for `String` fields (never containing `[[`, so no marker can be
 //! forged), and compact JSON matching the field's schema for everything else
 //! (integers, numbers, booleans, lists, structs).
@@ -81,6 +82,10 @@ impl OutputConstraint {
                 }
             }
         }
+        // ChatAdapter's demo replies end with a newline after the marker, so
+        // a model that learned from them may write one (often inside the
+        // same token as the marker).
+        start.push(r#""\n"?"#.to_string());
         let lark = format!("start: {}\n{}\n", start.join(" "), rules.join("\n"));
         OutputConstraint { lark }
     }

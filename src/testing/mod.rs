@@ -3,6 +3,7 @@
 
 mod mock;
 mod model_builder;
+pub mod tasks;
 
 use std::path::PathBuf;
 
@@ -20,6 +21,13 @@ pub fn shared_model(relative: &str) -> Option<PathBuf> {
     );
     let path = folder.join(relative);
     path.is_file().then_some(path)
+}
+
+/// The crate's own small model, trained on [`tasks`] by `tools/train-tiny`
+/// and committed at `models/dsrs-tiny.gguf`: it answers those tasks
+/// correctly, so tests and examples can check real answers.
+pub fn task_model_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/dsrs-tiny.gguf")
 }
 
 /// The tokenizer test chat models use: deepseek-coder's real vocabulary and

@@ -199,37 +199,7 @@ impl TestModelSpec {
             Some(Value::Array(tokens)) => tokens.len(),
             _ => return Err(fail(&"the tokenizer has no token list")),
         };
-        let head_dim = self.hidden / self.heads;
-        let u32_of = |n: usize| Value::U32(n as u32);
-        for (key, value) in [
-            (
-                "general.architecture",
-                Value::String(self.architecture.clone()),
-            ),
-            (
-                "general.name",
-                Value::String("dsrs-local test model".into()),
-            ),
-            ("block_count", u32_of(self.layers)),
-            ("context_length", u32_of(self.context_length)),
-            ("embedding_length", u32_of(self.hidden)),
-            ("feed_forward_length", u32_of(self.ffn)),
-            ("attention.head_count", u32_of(self.heads)),
-            ("attention.head_count_kv", u32_of(self.kv_heads)),
-            ("attention.key_length", u32_of(head_dim)),
-            ("attention.value_length", u32_of(head_dim)),
-            ("rope.dimension_count", u32_of(head_dim)),
-            ("rope.freq_base", Value::F32(10_000.0)),
-            ("attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
-            ("vocab_size", u32_of(vocab)),
-        ] {
-            let key = if key.starts_with("general.") {
-                key.to_string()
-            } else {
-                format!("{}.{key}", self.family.name())
-            };
-            metadata.insert(key, value);
-        }
+        metadata.extend(self.hyperparameters(vocab));
 
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
         let mut tensors: Vec<(String, QTensor)> = Vec::new();
@@ -274,6 +244,46 @@ impl TestModelSpec {
         let mut writer = BufWriter::new(file);
         gguf_file::write(&mut writer, &metadata_refs, &tensor_refs).map_err(|e| fail(&e))?;
         Ok(())
+    }
+
+    /// The architecture keys of the header (`general.architecture`,
+    /// `<family>.block_count`, …) for a vocabulary of `vocab` tokens: what a
+    /// writer of this shape's weights puts beside the tokenizer.
+    pub fn hyperparameters(&self, vocab: usize) -> Vec<(String, Value)> {
+        let head_dim = self.hidden / self.heads.max(1);
+        let u32_of = |n: usize| Value::U32(n as u32);
+        [
+            (
+                "general.architecture",
+                Value::String(self.architecture.clone()),
+            ),
+            (
+                "general.name",
+                Value::String("dsrs-local test model".into()),
+            ),
+            ("block_count", u32_of(self.layers)),
+            ("context_length", u32_of(self.context_length)),
+            ("embedding_length", u32_of(self.hidden)),
+            ("feed_forward_length", u32_of(self.ffn)),
+            ("attention.head_count", u32_of(self.heads)),
+            ("attention.head_count_kv", u32_of(self.kv_heads)),
+            ("attention.key_length", u32_of(head_dim)),
+            ("attention.value_length", u32_of(head_dim)),
+            ("rope.dimension_count", u32_of(head_dim)),
+            ("rope.freq_base", Value::F32(10_000.0)),
+            ("attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
+            ("vocab_size", u32_of(vocab)),
+        ]
+        .into_iter()
+        .map(|(key, value)| {
+            let key = if key.starts_with("general.") {
+                key.to_string()
+            } else {
+                format!("{}.{key}", self.family.name())
+            };
+            (key, value)
+        })
+        .collect()
     }
 
     /// The weight matrices (name, rows, row length), in the order they are drawn.

@@ -1,5 +1,7 @@
 //! One suite for every backend: `Predict` signatures through
-//! `configure(lm, adapter)` on test-built models with random weights.
+//! `configure(lm, adapter)` on test-built models with random weights (the
+//! protocol: fields, types, errors), and on the crate's own trained model
+//! `models/dsrs-tiny.gguf` (the answers).
 //! `conformance_suite!(module, Harness)` instantiates it for a backend.
 
 use std::path::{Path, PathBuf};
@@ -7,7 +9,8 @@ use std::sync::{Arc, LazyLock};
 
 use dspy_rs::adapter::Adapter;
 use dspy_rs::{Predict, Prediction, Predictor, configure, example};
-use dsrs_local::testing::{TestModelSpec, chat_tokenizer};
+use dsrs_local::testing::tasks::{TaskExample, TaskFamily, TaskStream, score};
+use dsrs_local::testing::{TestModelSpec, chat_tokenizer, task_model_path};
 use dsrs_local::{
     Backend, Error, FinishReason, GenerationConfig, GenerationRequest, LocalAdapter, Sampling,
     local_lm, local_lm_with,
@@ -277,6 +280,84 @@ pub async fn a_context_that_fills_while_generating_ends_with_length<H: Harness>(
     assert_eq!(generation.prompt_tokens + generation.completion_tokens, 257);
 }
 
+/// Seed of the accuracy tests' questions, which the trainer never uses; the
+/// arithmetic pairs and sentences asked are ones training never sees.
+pub const ACCURACY_SEED: u64 = 2027;
+const EXAMPLES_PER_FAMILY: usize = 60;
+/// What the trained model must reach on a family it has learned.
+const REQUIRED_ACCURACY: f64 = 0.95;
+/// The families the committed model answers to [`REQUIRED_ACCURACY`]
+/// (`specs/tiny-model.md` has the measured accuracy of the others).
+const LEARNED_FAMILIES: &[TaskFamily] = &[TaskFamily::Capital];
+
+/// The held-out questions of every family: every country once, and
+/// [`EXAMPLES_PER_FAMILY`] of each other family, with zero to two demos.
+pub fn held_out_questions() -> Vec<(TaskFamily, Vec<TaskExample>)> {
+    let mut stream = TaskStream::held_out(ACCURACY_SEED);
+    TaskFamily::ALL
+        .iter()
+        .map(|&family| {
+            let examples = if family == TaskFamily::Capital {
+                stream.every_capital(1)
+            } else {
+                (0..EXAMPLES_PER_FAMILY)
+                    .map(|i| stream.sample(family, i % 3))
+                    .collect()
+            };
+            (family, examples)
+        })
+        .collect()
+}
+
+fn task_model_adapter<H: Harness>() -> LocalAdapter<H::Backend> {
+    H::adapter_on(&task_model_path(), GenerationConfig::default(), 2048)
+        .expect("the committed task model loads")
+}
+
+pub async fn the_task_model_answers_through_predict<H: Harness>() {
+    let _guard = GLOBAL_CONFIG.lock().await;
+    configure(local_lm().await.unwrap(), task_model_adapter::<H>());
+    for (country, capital) in [
+        ("France", "Paris"),
+        ("Japan", "Tokyo"),
+        ("Kenya", "Nairobi"),
+    ] {
+        let question = format!("What is the capital of {country}?");
+        let prediction = Predict::new(QA::new())
+            .forward(example! { "question": "input" => question })
+            .await
+            .unwrap();
+        assert_eq!(text(&prediction, "answer"), capital);
+    }
+}
+
+pub async fn the_task_model_answers_held_out_questions<H: Harness>() {
+    let adapter = task_model_adapter::<H>();
+    let lm = local_lm().await.unwrap();
+    let mut failures = Vec::new();
+    for (family, examples) in held_out_questions() {
+        let score = score(&adapter, &lm, &examples).await;
+        println!(
+            "{} {:<18} {:>3}/{:<3} {:5.1} %",
+            adapter.backend().name(),
+            family.name(),
+            score.correct,
+            score.total,
+            100.0 * score.accuracy()
+        );
+        if LEARNED_FAMILIES.contains(&family) && score.accuracy() < REQUIRED_ACCURACY {
+            failures.push(format!(
+                "{}: {}/{}, missed for example {:?}",
+                family.name(),
+                score.correct,
+                score.total,
+                &score.misses[..score.misses.len().min(3)]
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 /// Instantiates the suite for one backend.
 #[macro_export]
 macro_rules! conformance_suite {
@@ -323,6 +404,14 @@ macro_rules! conformance_suite {
             #[tokio::test(flavor = "multi_thread")]
             async fn a_context_that_fills_while_generating_ends_with_length() {
                 c::a_context_that_fills_while_generating_ends_with_length::<$harness>().await
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn the_task_model_answers_through_predict() {
+                c::the_task_model_answers_through_predict::<$harness>().await
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn the_task_model_answers_held_out_questions() {
+                c::the_task_model_answers_held_out_questions::<$harness>().await
             }
         }
     };

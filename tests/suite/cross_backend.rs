@@ -295,3 +295,48 @@ async fn rendered_chat_prompts_tokenize_the_same_on_both_backends() {
     }
     println!("checked {checked} vocabularies");
 }
+
+/// The crate's own model has its own SentencePiece vocabulary (merges across
+/// spaces, isolated digits): the candle tokenizer must match llama.cpp's on it.
+#[test]
+fn task_model_vocabulary_tokens_equal_llama_cpp() {
+    let path = dsrs_local::testing::task_model_path();
+    let tokenizer = GgufTokenizer::from_header(&GgufHeader::read(&path).unwrap()).unwrap();
+    let chat =
+        "<|im_start|>user\n[[ ## a ## ]]\n12\n\nWhat is 12 + 7?<|im_end|>\n<|im_start|>assistant\n";
+    for text in SAMPLES.iter().chain([&chat]) {
+        assert_eq!(
+            tokenizer.encode(text, false),
+            llama_cpp_tokens(&path, text),
+            "{text:?}"
+        );
+    }
+}
+
+/// Both backends give the crate's own model's held-out questions the same
+/// answers, one by one (greedy, constrained).
+#[tokio::test]
+async fn both_backends_answer_the_task_model_questions_alike() {
+    use dsrs_local::testing::tasks::score;
+    let path = dsrs_local::testing::task_model_path();
+    let llama = LlamaCppAdapter::from_loaded_model(
+        Arc::new(LlamaCppModel::load(&path, LlamaCppLoadOptions::default()).unwrap()),
+        LlamaCppConfig::default().with_context_length(2048),
+    );
+    let candle = CandleAdapter::from_loaded_model(
+        Arc::new(CandleModel::load(&path, CandleLoadOptions::default()).unwrap()),
+        CandleConfig::default().with_context_length(2048),
+    );
+    let lm = dsrs_local::local_lm().await.unwrap();
+    for (family, examples) in crate::conformance::held_out_questions() {
+        let on_llama = score(&llama, &lm, &examples).await;
+        let on_candle = score(&candle, &lm, &examples).await;
+        assert_eq!(on_llama.correct, on_candle.correct, "{}", family.name());
+        assert_eq!(
+            format!("{:?}", on_llama.misses),
+            format!("{:?}", on_candle.misses),
+            "{}",
+            family.name()
+        );
+    }
+}

@@ -166,3 +166,50 @@ async fn prefix_reuse_matches_cold(model: Arc<LlamaCppModel>) {
         "the same prompt again reuses all but its last token: {reused:?}"
     );
 }
+
+/// Concurrent calls are decoded together, as sequences of one batch sharing
+/// their common prefixes, and answer exactly as the same calls made one by
+/// one on a cold context.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_calls_decoded_together_equal_calls_one_by_one() {
+    use dsrs_local::testing::task_model_path;
+    use dsrs_local::testing::tasks::{TaskFamily, TaskStream};
+    let model =
+        Arc::new(LlamaCppModel::load(task_model_path(), LlamaCppLoadOptions::default()).unwrap());
+    let lm = dsrs_local::local_lm().await.unwrap();
+    let mut stream = TaskStream::held_out(99);
+    let examples: Vec<_> = (0..18)
+        .map(|i| stream.sample(TaskFamily::ALL[i % TaskFamily::ALL.len()], i % 3))
+        .collect();
+    let config = |calls: usize| {
+        LlamaCppConfig::default()
+            .with_context_length(4096)
+            .with_generation(GenerationConfig::default().with_max_concurrency(calls))
+    };
+    let one_by_one =
+        LlamaCppAdapter::from_loaded_model(Arc::clone(&model), config(1).with_prefix_reuse(false));
+    let together = LlamaCppAdapter::from_loaded_model(model, config(8));
+
+    let mut expected = Vec::new();
+    for example in &examples {
+        let (_, generation) = one_by_one
+            .predict(&lm, &example.signature, &example.inputs)
+            .await
+            .unwrap();
+        expected.push(generation.text);
+    }
+    let calls = examples
+        .iter()
+        .map(|example| together.predict(&lm, &example.signature, &example.inputs));
+    let batched: Vec<String> = futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(|result| result.unwrap().1.text)
+        .collect();
+    assert_eq!(batched, expected);
+    assert_eq!(one_by_one.backend().peak_concurrency(), 1);
+    assert!(
+        together.backend().peak_concurrency() > 1,
+        "the calls were decoded together"
+    );
+}

@@ -1,23 +1,22 @@
 //! The llama.cpp [`Backend`]: one worker thread per backend owns one
-//! `LlamaContext` and runs requests from a queue.
+//! `LlamaContext` and serves requests from a queue, decoding concurrent ones
+//! together as sequences of one batch (`batching.rs`).
 //!
 //! `LlamaContext` is neither `Send` nor `Sync`, so it never leaves the thread
 //! that made it; callers block on a reply channel (from tokio's blocking pool).
 
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
-use std::time::Instant;
 
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::context::params::LlamaContextParams;
-use llama_cpp_2::llama_batch::LlamaBatch;
-use llama_cpp_2::token::LlamaToken;
 
+use super::batching::Batcher;
 use super::model::{BACKEND, LlamaCppModel};
-use crate::backend::{Backend, FinishReason, Generation, GenerationRequest, Timings};
-use crate::decode::Decoder;
+use crate::backend::{Backend, Generation, GenerationRequest};
 use crate::prompt::ChatTemplate;
 use crate::{Error, GenerationConfig, Result};
 
@@ -32,8 +31,8 @@ pub struct LlamaCppConfig {
     pub batch_size: u32,
     /// CPU threads; `None` = all available cores.
     pub threads: Option<i32>,
-    /// Keep the previous request's KV cache and evaluate only what a new
-    /// prompt does not share with it (on by default).
+    /// Keep finished requests' KV caches and read only what a new prompt
+    /// does not share with a cached or running one (on by default).
     pub reuse_prefix: bool,
     /// Sampling, budget, constraint and concurrency settings.
     pub generation: GenerationConfig,
@@ -84,9 +83,9 @@ impl LlamaCppConfig {
     }
 }
 
-struct Job {
-    request: GenerationRequest,
-    reply: SyncSender<Result<Generation>>,
+pub(super) struct Job {
+    pub(super) request: GenerationRequest,
+    pub(super) reply: SyncSender<Result<Generation>>,
 }
 
 /// llama.cpp behind the [`Backend`] trait.
@@ -95,6 +94,8 @@ pub struct LlamaCppBackend {
     settings: ContextSettings,
     /// The worker's queue, started on the first request.
     jobs: OnceLock<std::result::Result<Mutex<Sender<Job>>, String>>,
+    /// The most requests the worker has decoded together.
+    peak_concurrency: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for LlamaCppBackend {
@@ -122,12 +123,20 @@ impl LlamaCppBackend {
             batch_size: config.batch_size.clamp(1, context_length),
             threads,
             reuse_prefix: config.reuse_prefix,
+            sequences: config.generation.max_concurrency.max(1),
         };
         LlamaCppBackend {
             model,
             settings,
             jobs: OnceLock::new(),
+            peak_concurrency: Arc::new(AtomicUsize::new(0)),
         }
+    }
+
+    /// The most requests decoded together so far (at most the adapter's
+    /// `max_concurrency`): how much batching a workload actually got.
+    pub fn peak_concurrency(&self) -> usize {
+        self.peak_concurrency.load(Ordering::Relaxed)
     }
 
     /// The loaded model.
@@ -146,9 +155,10 @@ impl LlamaCppBackend {
                 let (sender, receiver) = mpsc::channel::<Job>();
                 let model = Arc::clone(&self.model);
                 let settings = self.settings;
+                let peak = Arc::clone(&self.peak_concurrency);
                 thread::Builder::new()
                     .name("dsrs-llama-cpp".into())
-                    .spawn(move || worker(&model, settings, receiver))
+                    .spawn(move || worker(&model, settings, receiver, peak))
                     .map(|_| Mutex::new(sender))
                     .map_err(|e| format!("starting the worker thread failed: {e}"))
             })
@@ -190,34 +200,36 @@ impl Backend for LlamaCppBackend {
 }
 
 #[derive(Debug, Clone, Copy)]
-struct ContextSettings {
-    context_length: u32,
-    batch_size: u32,
-    threads: i32,
-    reuse_prefix: bool,
+pub(super) struct ContextSettings {
+    pub(super) context_length: u32,
+    pub(super) batch_size: u32,
+    pub(super) threads: i32,
+    pub(super) reuse_prefix: bool,
+    /// Requests decoded together (the adapter's `max_concurrency`).
+    pub(super) sequences: usize,
 }
 
-fn worker(model: &LlamaCppModel, settings: ContextSettings, jobs: Receiver<Job>) {
-    let mut context: Option<LlamaContext<'_>> = None;
-    // The tokens the context's KV cache holds, at positions 0.., from the
-    // previous request; empty when unknown.
-    let mut cached: Vec<LlamaToken> = Vec::new();
-    for job in jobs {
-        if context.is_none() {
-            match create_context(model, settings) {
-                Ok(created) => context = Some(created),
-                Err(e) => {
-                    let _ = job.reply.send(Err(e));
-                    continue;
-                }
+fn worker(
+    model: &LlamaCppModel,
+    settings: ContextSettings,
+    jobs: Receiver<Job>,
+    peak: Arc<AtomicUsize>,
+) {
+    // The context is made for the first request, so a failure reaches it
+    // (and the next request tries again).
+    while let Ok(job) = jobs.recv() {
+        match create_context(model, settings) {
+            Ok(mut context) => {
+                let mut batcher = Batcher::new(model, settings, peak);
+                batcher.enqueue(job);
+                batcher.serve(&mut context, &jobs);
+                return;
+            }
+            // The caller may have gone away (cancelled); nothing to do then.
+            Err(error) => {
+                let _ = job.reply.send(Err(error));
             }
         }
-        let Some(ctx) = context.as_mut() else {
-            continue;
-        };
-        let result = run(model, ctx, settings, &mut cached, &job.request);
-        // The caller may have gone away (cancelled); nothing to do then.
-        let _ = job.reply.send(result);
     }
 }
 
@@ -226,117 +238,10 @@ fn create_context(model: &LlamaCppModel, settings: ContextSettings) -> Result<Ll
         .with_n_ctx(NonZeroU32::new(settings.context_length))
         .with_n_batch(settings.batch_size)
         .with_n_ubatch(settings.batch_size)
+        .with_n_seq_max(settings.sequences as u32)
+        // One pool of cells for all sequences, so a shared prefix is stored once.
+        .with_kv_unified(true)
         .with_n_threads(settings.threads)
         .with_n_threads_batch(settings.threads);
     model.new_context(params)
-}
-
-fn inference_error(reason: impl std::fmt::Display) -> Error {
-    Error::Inference {
-        backend: BACKEND,
-        reason: reason.to_string(),
-    }
-}
-
-/// Tokens the two sequences start with in common.
-fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
-    a.iter().zip(b).take_while(|(x, y)| x == y).count()
-}
-
-/// One request: prefill what the KV cache does not already hold, then decode
-/// token by token.
-///
-/// A DSPy program sends the same system message and demos again and again;
-/// the KV cache still holds the previous request's tokens, so only the part
-/// after the common prefix is evaluated (at least the last prompt token, for
-/// its logits). A changed instruction or demo changes the tokens, so the
-/// reuse ends there by itself.
-fn run(
-    model: &LlamaCppModel,
-    ctx: &mut LlamaContext<'_>,
-    settings: ContextSettings,
-    cached: &mut Vec<LlamaToken>,
-    request: &GenerationRequest,
-) -> Result<Generation> {
-    let prompt = model.tokenize_prompt(&request.prompt)?;
-    let context_length = ctx.n_ctx() as usize;
-    if prompt.len() >= context_length {
-        return Err(Error::PromptTooLong {
-            prompt_tokens: prompt.len(),
-            context_length,
-        });
-    }
-    let matcher = match &request.constraint {
-        Some(constraint) => Some(model.constraint_compiler()?.matcher(constraint)?),
-        None => None,
-    };
-    let mut decoder = Decoder::new(request, matcher, model.end_of_generation().to_vec());
-
-    let mut reused = if settings.reuse_prefix {
-        common_prefix(cached, &prompt).min(prompt.len().saturating_sub(1))
-    } else {
-        0
-    };
-    // Drop the cached positions past the shared prefix (all of them when
-    // nothing is shared, or when the cache cannot be cut, as for recurrent models).
-    let cut = reused > 0
-        && ctx
-            .clear_kv_cache_seq(Some(0), Some(reused as u32), None)
-            .unwrap_or(false);
-    if !cut {
-        ctx.clear_kv_cache();
-        reused = 0;
-    }
-    cached.clear();
-
-    let started = Instant::now();
-    let batch_size = settings.batch_size as usize;
-    let mut batch = LlamaBatch::new(batch_size.max(1), 1);
-    let mut position = reused;
-    for chunk in prompt[reused..].chunks(batch_size) {
-        batch.clear();
-        for &token in chunk {
-            let is_last = position + 1 == prompt.len();
-            batch
-                .add(token, position as i32, &[0], is_last)
-                .map_err(inference_error)?;
-            position += 1;
-        }
-        ctx.decode(&mut batch).map_err(inference_error)?;
-    }
-    let prefill = started.elapsed();
-    tracing::debug!(
-        tokens = prompt.len() - reused,
-        reused,
-        ms = prefill.as_secs_f64() * 1e3,
-        "prefill"
-    );
-
-    let decode_started = Instant::now();
-    let mut evaluated = prompt.clone();
-    let finish_reason = loop {
-        let mut logits = ctx.get_logits_ith(batch.n_tokens() - 1).to_vec();
-        let token = decoder.next_token(&mut logits)?;
-        if let Some(reason) = decoder.push(token, model.token_bytes(token))? {
-            break reason;
-        }
-        if position >= context_length {
-            break FinishReason::Length;
-        }
-        batch.clear();
-        batch
-            .add(LlamaToken(token as i32), position as i32, &[0], true)
-            .map_err(inference_error)?;
-        ctx.decode(&mut batch).map_err(inference_error)?;
-        evaluated.push(LlamaToken(token as i32));
-        position += 1;
-    };
-    *cached = evaluated;
-    let timings = Timings {
-        prefill,
-        decode: decode_started.elapsed(),
-    };
-    let mut generation = decoder.finish(prompt.len(), finish_reason, timings);
-    generation.cached_prompt_tokens = reused;
-    Ok(generation)
 }

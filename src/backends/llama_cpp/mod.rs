@@ -18,19 +18,27 @@
 //!   (finish reason `Length`).
 //! - **Usage**: prompt tokens are the model tokenizer's count of the rendered
 //!   prompt; completion tokens are the tokens the decode loop produced.
-//! - **Prefix reuse**: the context keeps the previous request's KV cache; a
-//!   new prompt evaluates only what follows the prefix it shares with it (the
-//!   system message and demos of a DSPy signature), with the same replies as
-//!   a cold context (`Generation::cached_prompt_tokens` counts the reused
-//!   tokens; `LlamaCppConfig::with_prefix_reuse(false)` turns it off).
+//! - **Prefix reuse**: finished requests' KV caches are kept; a new prompt
+//!   reads only what follows the longest prefix it shares with a cached or
+//!   running request (the system message and demos of a DSPy signature),
+//!   copied into its own sequence, with the same replies as a cold context
+//!   (`Generation::cached_prompt_tokens` counts the reused tokens;
+//!   `LlamaCppConfig::with_prefix_reuse(false)` turns it off).
 //! - **Concurrency**: each adapter owns one worker thread with one llama.cpp
-//!   context; concurrent calls queue and run one after another on it. Callers
-//!   wait on tokio's blocking pool, never on the async executor. Several
-//!   adapters on one model each have their own context.
+//!   context. Up to `GenerationConfig::max_concurrency` calls run at once as
+//!   sequences of that context, decoded together in one batch per step
+//!   (continuous batching: a call joins at the next step, a finished one
+//!   leaves), each with its own sampler and constraint, so replies equal
+//!   those of running the calls one by one. A call is admitted when its
+//!   prompt plus reply budget fits in the context's cells beside the running
+//!   ones; otherwise it waits. Callers wait on tokio's blocking pool, never on
+//!   the async executor. Several adapters on one model each have their own
+//!   context.
 //! - **Cancellation**: dropping a call's future stops waiting for it; the
 //!   worker finishes that generation and drops the result.
 //! - **Not supported**: tool calling (dspy-rs tools are ignored), images.
 
+mod batching;
 mod engine;
 mod model;
 

@@ -1,0 +1,415 @@
+//! Continuous batching on one llama.cpp context: every request in flight is
+//! a sequence of the same context, and each step decodes one batch holding
+//! the next token of every sequence that is generating plus prompt tokens of
+//! those still being read. A request that arrives joins at the next step; a
+//! finished one leaves and its sequence is free for the next.
+//!
+//! Each sequence has its own [`Decoder`] (sampler, output constraint, stops),
+//! so results are those of running the requests one by one.
+//!
+//! Prefix sharing: a new request's prompt is compared with what every
+//! sequence's KV cache holds (running ones and finished ones kept for this);
+//! the longest common prefix is copied into its sequence (`llama_memory_seq_cp`,
+//! which shares cells rather than copying them) and only the rest is read.
+//! DSPy sends the same system message and demos with every call of a
+//! signature, so calls after the first read only their own question. A
+//! changed instruction or demo changes the tokens, so sharing stops there by
+//! itself.
+//!
+//! Memory: the context's cells are shared by all sequences. A request is
+//! admitted when the cells it may need (prompt plus reply budget, at most the
+//! context) fit beside those reserved by the running ones; otherwise it waits.
+//! Finished sequences' caches are dropped, oldest first, when cells run short.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
+
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::token::LlamaToken;
+
+use super::engine::{ContextSettings, Job};
+use super::model::{BACKEND, LlamaCppModel};
+use crate::backend::{FinishReason, Generation, Timings};
+use crate::decode::Decoder;
+use crate::{Error, Result};
+
+fn inference_error(reason: impl std::fmt::Display) -> Error {
+    Error::Inference {
+        backend: BACKEND,
+        reason: reason.to_string(),
+    }
+}
+
+/// Tokens the two sequences start with in common.
+fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// A request being served.
+struct Active {
+    job: Job,
+    decoder: Decoder,
+    prompt: Vec<LlamaToken>,
+    /// Prompt tokens read so far (those before it came from a shared prefix
+    /// or earlier steps).
+    read: usize,
+    reused: usize,
+    /// The sampled token to feed at the next step.
+    pending: Option<LlamaToken>,
+    /// This step's batch index whose logits are this sequence's.
+    logits_at: Option<i32>,
+    /// Cells reserved for it: prompt plus reply budget, at most the context.
+    reserved: usize,
+    started: Instant,
+    prefill: Option<Duration>,
+}
+
+/// One sequence of the context.
+#[derive(Default)]
+struct Sequence {
+    /// What its KV cache holds, at positions 0.. .
+    tokens: Vec<LlamaToken>,
+    /// The request using it, if any.
+    active: Option<Active>,
+    /// When it finished its last request (for dropping idle caches, oldest first).
+    idle_since: Option<Instant>,
+}
+
+/// The worker's state: sequences, and requests waiting for room.
+pub(super) struct Batcher<'m> {
+    model: &'m LlamaCppModel,
+    settings: ContextSettings,
+    sequences: Vec<Sequence>,
+    waiting: VecDeque<Job>,
+    /// The most requests that have run at once, for the backend to report.
+    peak: Arc<AtomicUsize>,
+}
+
+impl<'m> Batcher<'m> {
+    pub(super) fn new(
+        model: &'m LlamaCppModel,
+        settings: ContextSettings,
+        peak: Arc<AtomicUsize>,
+    ) -> Self {
+        Batcher {
+            model,
+            settings,
+            sequences: (0..settings.sequences)
+                .map(|_| Sequence::default())
+                .collect(),
+            waiting: VecDeque::new(),
+            peak,
+        }
+    }
+
+    /// Queues a request.
+    pub(super) fn enqueue(&mut self, job: Job) {
+        self.waiting.push_back(job);
+    }
+
+    fn running(&self) -> usize {
+        self.sequences.iter().filter(|s| s.active.is_some()).count()
+    }
+
+    /// Serves jobs until the queue closes and every request has finished.
+    pub(super) fn serve(&mut self, ctx: &mut LlamaContext<'_>, jobs: &Receiver<Job>) {
+        loop {
+            // Block only when there is nothing to do.
+            if self.running() == 0 && self.waiting.is_empty() {
+                match jobs.recv() {
+                    Ok(job) => self.waiting.push_back(job),
+                    Err(_) => return,
+                }
+            }
+            // A closed queue still lets the requests already taken finish.
+            while let Ok(job) = jobs.try_recv() {
+                self.waiting.push_back(job);
+            }
+            self.admit(ctx);
+            self.peak.fetch_max(self.running(), Ordering::Relaxed);
+            if self.running() > 0
+                && let Err(error) = self.step(ctx)
+            {
+                self.fail_all(ctx, &error);
+            }
+        }
+    }
+
+    /// Starts waiting requests while sequences and cells allow.
+    fn admit(&mut self, ctx: &mut LlamaContext<'_>) {
+        let capacity = ctx.n_ctx() as usize;
+        while let Some(job) = self.waiting.pop_front() {
+            let prepared = match self.prepare(&job, capacity) {
+                Ok(prepared) => prepared,
+                Err(error) => {
+                    // The caller may have gone away (cancelled); nothing to do then.
+                    let _ = job.reply.send(Err(error));
+                    continue;
+                }
+            };
+            let reserved: usize = self
+                .sequences
+                .iter()
+                .filter_map(|s| s.active.as_ref().map(|a| a.reserved))
+                .sum();
+            let free_sequence = self.sequences.iter().any(|s| s.active.is_none());
+            if !free_sequence || reserved + prepared.reserved > capacity {
+                self.waiting.push_front(job);
+                return;
+            }
+            self.start(ctx, job, prepared, capacity - reserved);
+        }
+    }
+
+    fn prepare(&self, job: &Job, capacity: usize) -> Result<Prepared> {
+        let request = &job.request;
+        let prompt = self.model.tokenize_prompt(&request.prompt)?;
+        let context_length = capacity.min(self.settings.context_length as usize);
+        if prompt.len() >= context_length {
+            return Err(Error::PromptTooLong {
+                prompt_tokens: prompt.len(),
+                context_length,
+            });
+        }
+        let matcher = match &request.constraint {
+            Some(constraint) => Some(self.model.constraint_compiler()?.matcher(constraint)?),
+            None => None,
+        };
+        let decoder = Decoder::new(request, matcher, self.model.end_of_generation().to_vec());
+        let reserved = (prompt.len() + request.max_tokens + 1).min(context_length);
+        Ok(Prepared {
+            prompt,
+            decoder,
+            reserved,
+        })
+    }
+
+    /// Puts a prepared request on a free sequence, sharing the longest prefix
+    /// any sequence holds.
+    fn start(&mut self, ctx: &mut LlamaContext<'_>, job: Job, prepared: Prepared, room: usize) {
+        let Prepared {
+            prompt,
+            decoder,
+            reserved,
+        } = prepared;
+        // At least the last prompt token is read, for its logits.
+        let shareable = prompt.len() - 1;
+        let (source, shared) = if self.settings.reuse_prefix {
+            self.sequences
+                .iter()
+                .enumerate()
+                .map(|(id, s)| (id, common_prefix(&s.tokens, &prompt).min(shareable)))
+                .max_by_key(|&(id, shared)| (shared, self.sequences[id].active.is_none()))
+                .unwrap_or((0, 0))
+        } else {
+            (0, 0)
+        };
+        // Prefer the source itself when it is free: nothing to copy.
+        let target = if shared > 0 && self.sequences[source].active.is_none() {
+            source
+        } else {
+            self.free_sequence()
+        };
+        let mut reused = shared;
+        let seq = target as u32;
+        if target == source && reused > 0 {
+            // Keep the shared prefix, drop the rest.
+            if !ctx
+                .clear_kv_cache_seq(Some(seq), Some(reused as u32), None)
+                .unwrap_or(false)
+            {
+                reused = 0;
+            }
+        } else {
+            let _ = ctx.clear_kv_cache_seq(Some(seq), None, None);
+            if reused > 0
+                && ctx
+                    .copy_kv_cache_seq(source as i32, target as i32, Some(0), Some(reused as u32))
+                    .is_err()
+            {
+                reused = 0;
+            }
+        }
+        if reused == 0 {
+            let _ = ctx.clear_kv_cache_seq(Some(seq), None, None);
+        }
+        self.drop_idle_caches(ctx, room.saturating_sub(reserved), target);
+
+        let sequence = &mut self.sequences[target];
+        sequence.tokens = prompt[..reused].to_vec();
+        sequence.idle_since = None;
+        sequence.active = Some(Active {
+            job,
+            decoder,
+            prompt,
+            read: reused,
+            reused,
+            pending: None,
+            logits_at: None,
+            reserved,
+            started: Instant::now(),
+            prefill: None,
+        });
+    }
+
+    /// A free sequence: an empty one, else the one idle longest (admission
+    /// has checked that one is free).
+    fn free_sequence(&self) -> usize {
+        self.sequences
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.active.is_none())
+            .min_by_key(|(_, s)| (!s.tokens.is_empty(), s.idle_since))
+            .map_or(0, |(id, _)| id)
+    }
+
+    /// Drops finished sequences' caches, oldest first, until the cells they
+    /// hold fit in `room` (never `keep`'s).
+    fn drop_idle_caches(&mut self, ctx: &mut LlamaContext<'_>, room: usize, keep: usize) {
+        loop {
+            let held: usize = self
+                .sequences
+                .iter()
+                .enumerate()
+                .filter(|(id, s)| *id != keep && s.active.is_none())
+                .map(|(_, s)| s.tokens.len())
+                .sum();
+            if held <= room {
+                return;
+            }
+            let oldest = self
+                .sequences
+                .iter()
+                .enumerate()
+                .filter(|(id, s)| *id != keep && s.active.is_none() && !s.tokens.is_empty())
+                .min_by_key(|(_, s)| s.idle_since)
+                .map(|(id, _)| id);
+            let Some(oldest) = oldest else {
+                return;
+            };
+            let _ = ctx.clear_kv_cache_seq(Some(oldest as u32), None, None);
+            self.sequences[oldest].tokens.clear();
+        }
+    }
+
+    /// One decode: every generating sequence's next token, then as many
+    /// prompt tokens of reading sequences as the batch holds.
+    fn step(&mut self, ctx: &mut LlamaContext<'_>) -> Result<()> {
+        let budget = self.settings.batch_size as usize;
+        let mut batch = LlamaBatch::new(budget, 1);
+        let mut used = 0;
+        for (id, sequence) in self.sequences.iter_mut().enumerate() {
+            let Some(active) = sequence.active.as_mut() else {
+                continue;
+            };
+            active.logits_at = None;
+            if let Some(token) = active.pending.take() {
+                let position = sequence.tokens.len() as i32;
+                batch
+                    .add(token, position, &[id as i32], true)
+                    .map_err(inference_error)?;
+                sequence.tokens.push(token);
+                active.logits_at = Some(batch.n_tokens() - 1);
+                used += 1;
+            }
+        }
+        for (id, sequence) in self.sequences.iter_mut().enumerate() {
+            let Some(active) = sequence.active.as_mut() else {
+                continue;
+            };
+            while active.read < active.prompt.len() && used < budget {
+                let token = active.prompt[active.read];
+                let is_last = active.read + 1 == active.prompt.len();
+                batch
+                    .add(token, active.read as i32, &[id as i32], is_last)
+                    .map_err(inference_error)?;
+                sequence.tokens.push(token);
+                active.read += 1;
+                used += 1;
+                if is_last {
+                    active.logits_at = Some(batch.n_tokens() - 1);
+                }
+            }
+        }
+        ctx.decode(&mut batch).map_err(inference_error)?;
+
+        let context_length = (ctx.n_ctx() as usize).min(self.settings.context_length as usize);
+        for sequence in &mut self.sequences {
+            let Some(active) = sequence.active.as_mut() else {
+                continue;
+            };
+            let Some(index) = active.logits_at else {
+                continue;
+            };
+            if active.prefill.is_none() {
+                active.prefill = Some(active.started.elapsed());
+                tracing::debug!(
+                    tokens = active.prompt.len() - active.reused,
+                    reused = active.reused,
+                    ms = active.started.elapsed().as_secs_f64() * 1e3,
+                    "prefill"
+                );
+            }
+            let mut logits = ctx.get_logits_ith(index).to_vec();
+            let outcome = active.decoder.next_token(&mut logits).and_then(|token| {
+                let finish = active.decoder.push(token, self.model.token_bytes(token))?;
+                Ok((token, finish))
+            });
+            let finish = match outcome {
+                Ok((_, Some(reason))) => Some(Ok(reason)),
+                Ok(_) if sequence.tokens.len() >= context_length => Some(Ok(FinishReason::Length)),
+                Ok((token, None)) => {
+                    active.pending = Some(LlamaToken(token as i32));
+                    None
+                }
+                Err(error) => Some(Err(error)),
+            };
+            if let Some(finish) = finish
+                && let Some(done) = sequence.active.take()
+            {
+                sequence.idle_since = Some(Instant::now());
+                let reply = done.job.reply.clone();
+                // The caller may have gone away (cancelled); nothing to do then.
+                let _ = reply.send(finish.map(|reason| done.finish(reason)));
+            }
+        }
+        Ok(())
+    }
+
+    /// After a failed decode the caches are in doubt: every running request
+    /// gets the error and every cache is dropped.
+    fn fail_all(&mut self, ctx: &mut LlamaContext<'_>, error: &Error) {
+        for sequence in &mut self.sequences {
+            if let Some(active) = sequence.active.take() {
+                let _ = active.job.reply.send(Err(inference_error(error)));
+            }
+            sequence.tokens.clear();
+            sequence.idle_since = None;
+        }
+        ctx.clear_kv_cache();
+    }
+}
+
+/// A request checked and tokenized, before it has a sequence.
+struct Prepared {
+    prompt: Vec<LlamaToken>,
+    decoder: Decoder,
+    reserved: usize,
+}
+
+impl Active {
+    fn finish(self, reason: FinishReason) -> Generation {
+        let prefill = self.prefill.unwrap_or_default();
+        let timings = Timings {
+            prefill,
+            decode: self.started.elapsed().saturating_sub(prefill),
+        };
+        let mut generation = self.decoder.finish(self.prompt.len(), reason, timings);
+        generation.cached_prompt_tokens = self.reused;
+        generation
+    }
+}
