@@ -172,6 +172,7 @@ async fn evaluation_rate(
         Arc::clone(model),
         LlamaCppConfig::default()
             .with_context_length(4096)
+            .with_parallel_sequences(concurrency)
             .with_generation(config),
     );
     // Warm-up: context creation and the grammar index stay out of the figure.

@@ -184,6 +184,7 @@ async fn concurrent_calls_decoded_together_equal_calls_one_by_one() {
     let config = |calls: usize| {
         LlamaCppConfig::default()
             .with_context_length(4096)
+            .with_parallel_sequences(calls)
             .with_generation(GenerationConfig::default().with_max_concurrency(calls))
     };
     let one_by_one =

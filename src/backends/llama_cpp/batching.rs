@@ -19,7 +19,8 @@
 //! Memory: the context's cells are shared by all sequences. A request is
 //! admitted when the cells it may need (prompt plus reply budget, at most the
 //! context) fit beside those reserved by the running ones; otherwise it waits.
-//! Finished sequences' caches are dropped, oldest first, when cells run short.
+//! A finished request's cache is kept only until the next request starts
+//! (which takes what it shares from it first).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -75,7 +76,7 @@ struct Sequence {
     tokens: Vec<LlamaToken>,
     /// The request using it, if any.
     active: Option<Active>,
-    /// When it finished its last request (for dropping idle caches, oldest first).
+    /// When it finished its last request (the longest idle is reused first).
     idle_since: Option<Instant>,
 }
 
@@ -161,7 +162,7 @@ impl<'m> Batcher<'m> {
                 self.waiting.push_front(job);
                 return;
             }
-            self.start(ctx, job, prepared, capacity - reserved);
+            self.start(ctx, job, prepared);
         }
     }
 
@@ -190,7 +191,7 @@ impl<'m> Batcher<'m> {
 
     /// Puts a prepared request on a free sequence, sharing the longest prefix
     /// any sequence holds.
-    fn start(&mut self, ctx: &mut LlamaContext<'_>, job: Job, prepared: Prepared, room: usize) {
+    fn start(&mut self, ctx: &mut LlamaContext<'_>, job: Job, prepared: Prepared) {
         let Prepared {
             prompt,
             decoder,
@@ -237,7 +238,7 @@ impl<'m> Batcher<'m> {
         if reused == 0 {
             let _ = ctx.clear_kv_cache_seq(Some(seq), None, None);
         }
-        self.drop_idle_caches(ctx, room.saturating_sub(reserved), target);
+        self.drop_idle_caches(ctx, target);
 
         let sequence = &mut self.sequences[target];
         sequence.tokens = prompt[..reused].to_vec();
@@ -267,32 +268,17 @@ impl<'m> Batcher<'m> {
             .map_or(0, |(id, _)| id)
     }
 
-    /// Drops finished sequences' caches, oldest first, until the cells they
-    /// hold fit in `room` (never `keep`'s).
-    fn drop_idle_caches(&mut self, ctx: &mut LlamaContext<'_>, room: usize, keep: usize) {
-        loop {
-            let held: usize = self
-                .sequences
-                .iter()
-                .enumerate()
-                .filter(|(id, s)| *id != keep && s.active.is_none())
-                .map(|(_, s)| s.tokens.len())
-                .sum();
-            if held <= room {
-                return;
+    /// Drops every finished sequence's cache but `keep`'s. With a unified
+    /// cache every sequence attends over all occupied cells (masked), so idle
+    /// caches would slow every running request: measured on a
+    /// Qwen2.5-0.5B-shaped model with four kept, prompt reading fell from 124
+    /// to 45 tokens/s. A new request has already taken what it shares.
+    fn drop_idle_caches(&mut self, ctx: &mut LlamaContext<'_>, keep: usize) {
+        for (id, sequence) in self.sequences.iter_mut().enumerate() {
+            if id != keep && sequence.active.is_none() && !sequence.tokens.is_empty() {
+                let _ = ctx.clear_kv_cache_seq(Some(id as u32), None, None);
+                sequence.tokens.clear();
             }
-            let oldest = self
-                .sequences
-                .iter()
-                .enumerate()
-                .filter(|(id, s)| *id != keep && s.active.is_none() && !s.tokens.is_empty())
-                .min_by_key(|(_, s)| s.idle_since)
-                .map(|(id, _)| id);
-            let Some(oldest) = oldest else {
-                return;
-            };
-            let _ = ctx.clear_kv_cache_seq(Some(oldest as u32), None, None);
-            self.sequences[oldest].tokens.clear();
         }
     }
 

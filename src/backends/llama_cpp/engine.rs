@@ -34,6 +34,12 @@ pub struct LlamaCppConfig {
     /// Keep finished requests' KV caches and read only what a new prompt
     /// does not share with a cached or running one (on by default).
     pub reuse_prefix: bool,
+    /// Requests decoded together as sequences of one batch (continuous
+    /// batching); 1 (the default) runs them one after another. More pays
+    /// off for concurrent calls (`batch`, `Evaluator`) and, measured on this
+    /// llama.cpp, slows a lone call's decoding (`specs/llamacpp-adapter.md`).
+    /// Up to `generation.max_concurrency` calls reach the backend at once.
+    pub parallel_sequences: usize,
     /// Sampling, budget, constraint and concurrency settings.
     pub generation: GenerationConfig,
 }
@@ -45,6 +51,7 @@ impl Default for LlamaCppConfig {
             batch_size: 512,
             threads: None,
             reuse_prefix: true,
+            parallel_sequences: 1,
             generation: GenerationConfig::default(),
         }
     }
@@ -73,6 +80,12 @@ impl LlamaCppConfig {
     #[must_use]
     pub fn with_prefix_reuse(mut self, reuse: bool) -> Self {
         self.reuse_prefix = reuse;
+        self
+    }
+    /// Sets how many requests are decoded together (at least 1).
+    #[must_use]
+    pub fn with_parallel_sequences(mut self, sequences: usize) -> Self {
+        self.parallel_sequences = sequences.max(1);
         self
     }
     /// Sets the generation settings.
@@ -123,7 +136,7 @@ impl LlamaCppBackend {
             batch_size: config.batch_size.clamp(1, context_length),
             threads,
             reuse_prefix: config.reuse_prefix,
-            sequences: config.generation.max_concurrency.max(1),
+            sequences: config.parallel_sequences.max(1),
         };
         LlamaCppBackend {
             model,
@@ -205,7 +218,7 @@ pub(super) struct ContextSettings {
     pub(super) batch_size: u32,
     pub(super) threads: i32,
     pub(super) reuse_prefix: bool,
-    /// Requests decoded together (the adapter's `max_concurrency`).
+    /// Requests decoded together (`LlamaCppConfig::parallel_sequences`).
     pub(super) sequences: usize,
 }
 

@@ -25,8 +25,9 @@
 //!   (`Generation::cached_prompt_tokens` counts the reused tokens;
 //!   `LlamaCppConfig::with_prefix_reuse(false)` turns it off).
 //! - **Concurrency**: each adapter owns one worker thread with one llama.cpp
-//!   context. Up to `GenerationConfig::max_concurrency` calls run at once as
-//!   sequences of that context, decoded together in one batch per step
+//!   context. With `LlamaCppConfig::parallel_sequences` above 1 (default 1),
+//!   up to that many calls run at once as sequences of that context, decoded
+//!   together in one batch per step
 //!   (continuous batching: a call joins at the next step, a finished one
 //!   leaves), each with its own sampler and constraint, so replies equal
 //!   those of running the calls one by one. A call is admitted when its
