@@ -9,6 +9,7 @@ use std::sync::{Arc, LazyLock};
 
 use dspy_rs::adapter::Adapter;
 use dspy_rs::{Predict, Prediction, Predictor, configure, example};
+use dsrs_local::prompt::{OutputConstraint, SignatureFields};
 use dsrs_local::testing::tasks::{TaskExample, TaskFamily, TaskStream, score};
 use dsrs_local::testing::{TestModelSpec, chat_tokenizer, task_model_path};
 use dsrs_local::{
@@ -263,12 +264,15 @@ pub async fn a_prompt_longer_than_the_context_is_an_error_with_both_numbers<H: H
 pub async fn a_context_that_fills_while_generating_ends_with_length<H: Harness>() {
     // 256 is a multiple of llama.cpp's context padding, so both engines get exactly it.
     let adapter = H::adapter_on(&TINY_CHAT_MODEL.1, test_config(), 256).unwrap();
+    // A grammar that cannot end within the context, so no end token (which a
+    // random model may well pick) can stop the reply first.
+    let fields = SignatureFields::of(&QA::new()).unwrap();
     let request = GenerationRequest {
         prompt: "Once upon a time".into(),
         sampling: Sampling::greedy(),
         max_tokens: 1_000,
         stop: vec![],
-        constraint: None,
+        constraint: Some(OutputConstraint::for_fields(&fields, 5_000)),
     };
     let generation = adapter.generate(request).await.unwrap();
     assert_eq!(
