@@ -268,11 +268,11 @@ impl<'m> Batcher<'m> {
             .map_or(0, |(id, _)| id)
     }
 
-    /// Drops every finished sequence's cache but `keep`'s. With a unified
-    /// cache every sequence attends over all occupied cells (masked), so idle
-    /// caches would slow every running request: measured on a
-    /// Qwen2.5-0.5B-shaped model with four kept, prompt reading fell from 124
-    /// to 45 tokens/s. A new request has already taken what it shares.
+    /// Drops every finished sequence's cache but `keep`'s: a new request has
+    /// already taken what it shares, and the cells are better left to
+    /// running requests. (Kept caches were suspected of the multi-sequence
+    /// slowdown in `specs/llamacpp-adapter.md`; dropping them did not remove
+    /// it.)
     fn drop_idle_caches(&mut self, ctx: &mut LlamaContext<'_>, keep: usize) {
         for (id, sequence) in self.sequences.iter_mut().enumerate() {
             if id != keep && sequence.active.is_none() && !sequence.tokens.is_empty() {
