@@ -1,7 +1,7 @@
 # The two commands of the README. Both install the system packages the
 # build needs (cmake, libclang, …) when they are missing.
 
-.PHONY: demo test deps
+.PHONY: demo test bench deps
 
 deps:
 	@./.ci/install-deps
@@ -15,3 +15,9 @@ demo: deps
 # The whole test suite.
 test: deps
 	cargo test
+
+# The throughput benchmark (issue 8): builds llama-bench/llama-server and a
+# Python DSPy venv under target/peers once, then measures everything in one run.
+bench: deps
+	bash benches/setup-peers.sh
+	cargo run --example bench

@@ -74,7 +74,9 @@ pub use lookup::ModelSource;
 pub use pool::{ModelPool, ModelSpec};
 
 #[cfg(feature = "candle")]
-pub use backends::candle::{CandleAdapter, CandleConfig, CandleLoadOptions, CandleModel};
+pub use backends::candle::{
+    CandleAdapter, CandleConfig, CandleDevice, CandleLoadOptions, CandleModel,
+};
 #[cfg(feature = "llamacpp")]
 pub use backends::llama_cpp::{
     LlamaCppAdapter, LlamaCppConfig, LlamaCppLoadOptions, LlamaCppModel,

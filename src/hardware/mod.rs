@@ -45,7 +45,7 @@ impl AcceleratorKind {
     /// Whether this build can run models on it.
     pub fn compiled_in(self) -> bool {
         match self {
-            AcceleratorKind::Cuda => cfg!(feature = "cuda"),
+            AcceleratorKind::Cuda => cfg!(any(feature = "cuda", feature = "cuda-shared")),
             AcceleratorKind::Rocm | AcceleratorKind::Vulkan => {
                 cfg!(all(feature = "vulkan", feature = "llamacpp"))
             }
@@ -150,7 +150,7 @@ pub fn compiled_backends() -> Vec<CompiledBackend> {
     let mut backends = Vec::new();
     if cfg!(feature = "llamacpp") {
         let mut devices = vec![AcceleratorKind::Cpu];
-        if cfg!(feature = "cuda") {
+        if cfg!(any(feature = "cuda", feature = "cuda-shared")) {
             devices.push(AcceleratorKind::Cuda);
         }
         if cfg!(feature = "vulkan") {
@@ -166,7 +166,7 @@ pub fn compiled_backends() -> Vec<CompiledBackend> {
     }
     if cfg!(feature = "candle") {
         let mut devices = vec![AcceleratorKind::Cpu];
-        if cfg!(feature = "cuda") {
+        if cfg!(any(feature = "cuda", feature = "cuda-shared")) {
             devices.push(AcceleratorKind::Cuda);
         }
         if cfg!(feature = "metal") {

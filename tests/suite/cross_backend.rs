@@ -229,7 +229,7 @@ async fn qwen2_qwen3_and_quantized_llama_models_run_on_both_backends() {
     }
 }
 
-fn relative_difference(ours: &[f32], theirs: &[f32]) -> f64 {
+pub fn relative_difference(ours: &[f32], theirs: &[f32]) -> f64 {
     assert_eq!(ours.len(), theirs.len());
     let diff: f64 = ours
         .iter()

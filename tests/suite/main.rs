@@ -10,6 +10,8 @@ mod candle;
 mod conformance;
 #[cfg(all(feature = "llamacpp", feature = "candle"))]
 mod cross_backend;
+#[cfg(all(feature = "llamacpp", feature = "candle"))]
+mod gpu;
 #[cfg(feature = "llamacpp")]
 mod llama_cpp;
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
-use dsrs_local::hardware::{DetectOptions, HardwareManager};
+use dsrs_local::hardware::{AcceleratorKind, DetectOptions, HardwareManager};
 use dsrs_local::pool::plan::LoadPlan;
 use dsrs_local::pool::{ModelPool, ModelSpec, PoolModel};
 use dsrs_local::testing::{TestModelSpec, TestTokenizer};
@@ -86,10 +86,10 @@ fn a_fake_gpu_gets_every_layer() {
     let plan = ModelPool::new(profile)
         .plan(&ModelSpec::gguf(&MODELS.1[0]))
         .unwrap();
-    if cfg!(feature = "cuda") {
+    if AcceleratorKind::Cuda.compiled_in() {
         assert_eq!(plan.gpu_layers, plan.total_layers);
     } else {
-        // A CUDA GPU in a build without `cuda` is reported but not used.
+        // A CUDA GPU in a build without CUDA is reported but not used.
         assert_eq!(plan.gpu_layers, 0);
     }
 }

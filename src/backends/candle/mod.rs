@@ -27,6 +27,15 @@
 
 mod engine;
 mod model;
+#[cfg_attr(
+    any(feature = "cuda", feature = "cuda-shared"),
+    path = "thread_binding_cuda.rs"
+)]
+#[cfg_attr(
+    not(any(feature = "cuda", feature = "cuda-shared")),
+    path = "thread_binding_none.rs"
+)]
+mod thread_binding;
 pub mod tokenizer;
 
 use std::sync::Arc;

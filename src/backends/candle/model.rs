@@ -286,11 +286,19 @@ impl CandleModel {
         super::engine::forward(&mut weights, self, &tokens, 0)
     }
 
-    /// Exclusive use of the weights and their KV cache.
+    /// Exclusive use of the weights and their KV cache, on a thread ready to
+    /// compute on the model's device.
     pub(super) fn lock_weights(&self) -> Result<MutexGuard<'_, Weights>> {
-        self.weights.lock().map_err(|_| {
+        let weights = self.weights.lock().map_err(|_| {
             Error::TaskFailed("a candle generation panicked; the model is unusable".into())
-        })
+        })?;
+        super::thread_binding::bind_to_current_thread(&self.device).map_err(|e| {
+            Error::Inference {
+                backend: BACKEND,
+                reason: e.to_string(),
+            }
+        })?;
+        Ok(weights)
     }
 }
 

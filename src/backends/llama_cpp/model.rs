@@ -41,7 +41,9 @@ fn llama_backend() -> Result<&'static LlamaBackend> {
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct LlamaCppLoadOptions {
-    /// Layers to offload to the GPU (0 = CPU only; more than the model has = all).
+    /// Layers to offload to the GPU (0 = CPU only; more than the model has =
+    /// all, the default, as in llama.cpp: it changes nothing in a build or on
+    /// a machine without a GPU). `ModelPool` sizes this to the memory found.
     pub gpu_layers: u32,
     /// Map the file instead of reading it (llama.cpp's default).
     pub use_mmap: bool,
@@ -57,7 +59,7 @@ pub struct LlamaCppLoadOptions {
 impl Default for LlamaCppLoadOptions {
     fn default() -> Self {
         LlamaCppLoadOptions {
-            gpu_layers: 0,
+            gpu_layers: u32::MAX,
             use_mmap: true,
             vocab_only: false,
             context_length: None,
@@ -334,8 +336,10 @@ impl LlamaCppModel {
         Ok(context.get_logits_ith(last as i32).to_vec())
     }
 
-    /// Creates a context on this model (serialised, see `context_creation`).
-    pub(super) fn new_context(&self, params: LlamaContextParams) -> Result<LlamaContext<'_>> {
+    /// Creates a llama-cpp-2 context on this model, for callers that drive
+    /// the engine themselves (the benchmark's bare decode loop). Creation is
+    /// serialised per model, as llama.cpp mutates the model there.
+    pub fn new_context(&self, params: LlamaContextParams) -> Result<LlamaContext<'_>> {
         let backend = llama_backend()?;
         let _guard = self
             .context_creation

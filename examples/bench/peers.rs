@@ -1,0 +1,220 @@
+//! The systems a user would pick instead, built by `benches/setup-peers.sh`
+//! under `target/peers`: llama.cpp's own `llama-bench` and `llama-server`,
+//! and Python DSPy with `llama-cpp-python`'s server. Each is optional: when
+//! one is missing the benchmark says why and goes on without it.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde_json::Value;
+
+/// Where the peers live.
+pub struct Peers {
+    dir: PathBuf,
+}
+
+impl Peers {
+    pub fn new(dir: PathBuf) -> Self {
+        Peers { dir }
+    }
+
+    fn existing(&self, relative: &str, what: &str) -> Option<PathBuf> {
+        let path = self.dir.join(relative);
+        if path.exists() {
+            Some(path)
+        } else {
+            println!(
+                "skipping {what}: {} not found (run `bash benches/setup-peers.sh`)",
+                path.display()
+            );
+            None
+        }
+    }
+
+    pub fn llama_bench(&self) -> Option<PathBuf> {
+        self.existing("llama.cpp-build/bin/llama-bench", "llama-bench")
+    }
+
+    pub fn llama_server(&self) -> Option<PathBuf> {
+        self.existing("llama.cpp-build/bin/llama-server", "llama-server")
+    }
+
+    pub fn python(&self) -> Option<PathBuf> {
+        self.existing("venv/bin/python", "Python DSPy + llama-cpp-python")
+    }
+}
+
+/// `llama-bench`'s figures for one model.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LlamaBench {
+    pub pp_tokens_per_s: f64,
+    pub tg_tokens_per_s: f64,
+    pub build_commit: String,
+    pub build_number: i64,
+}
+
+pub fn llama_bench(
+    binary: &Path,
+    model: &Path,
+    prompt_tokens: usize,
+    generated_tokens: usize,
+    runs: usize,
+    gpu: bool,
+) -> anyhow::Result<LlamaBench> {
+    let output = Command::new(binary)
+        .arg("-m")
+        .arg(model)
+        .args(["-ngl", if gpu { "999" } else { "0" }])
+        .args(["-p", &prompt_tokens.to_string()])
+        .args(["-n", &generated_tokens.to_string()])
+        .args(["-t", &threads().to_string()])
+        .args(["-r", &runs.to_string()])
+        .args(["-o", "json"])
+        .stderr(Stdio::null())
+        .output()
+        .context("running llama-bench")?;
+    anyhow::ensure!(
+        output.status.success(),
+        "llama-bench failed: {}",
+        output.status
+    );
+    let entries: Vec<Value> = serde_json::from_slice(&output.stdout)?;
+    let rate = |prompt: bool| {
+        entries
+            .iter()
+            .find(|entry| (entry["n_prompt"].as_u64().unwrap_or(0) > 0) == prompt)
+            .and_then(|entry| entry["avg_ts"].as_f64())
+            .context("llama-bench printed no such test")
+    };
+    let first = entries.first().context("llama-bench printed nothing")?;
+    Ok(LlamaBench {
+        pp_tokens_per_s: rate(true)?,
+        tg_tokens_per_s: rate(false)?,
+        build_commit: first["build_commit"].as_str().unwrap_or("?").to_string(),
+        build_number: first["build_number"].as_i64().unwrap_or(-1),
+    })
+}
+
+/// A running `llama-server`, stopped when dropped.
+pub struct Server {
+    child: Child,
+    pub base_url: String,
+}
+
+impl Server {
+    /// Starts llama-server as users run it for many clients: `slots` parallel
+    /// slots over one unified KV cache of `context` cells, continuous
+    /// batching and the prompt cache on (its defaults).
+    ///
+    /// `reply_tokens` is the server's default reply budget (`-n`): rig's
+    /// OpenAI client, under dspy-rs 0.7.3's `LM`, does not send `max_tokens`,
+    /// so without it a reply runs to an end token or the slot's context.
+    pub fn start(
+        binary: &Path,
+        model: &Path,
+        slots: usize,
+        context: u32,
+        reply_tokens: u32,
+    ) -> anyhow::Result<Self> {
+        let port = free_port()?;
+        let child = Command::new(binary)
+            .arg("-m")
+            .arg(model)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["-np", &slots.to_string(), "-c", &context.to_string()])
+            .args(["-t", &threads().to_string(), "--kv-unified"])
+            .args(["-n", &reply_tokens.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting llama-server")?;
+        let mut server = Server {
+            child,
+            base_url: format!("http://127.0.0.1:{port}/v1"),
+        };
+        server.wait_until_healthy(port)?;
+        Ok(server)
+    }
+
+    fn wait_until_healthy(&mut self, port: u16) -> anyhow::Result<()> {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(120) {
+            if let Some(status) = self.child.try_wait()? {
+                anyhow::bail!("llama-server exited: {status}");
+            }
+            if http_get_ok(port, "/health") {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        anyhow::bail!("llama-server did not become healthy in 120 s")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `benches/dspy_python.py` (Python DSPy against llama-cpp-python's
+/// server on the same file) and returns the JSON it prints last.
+pub fn python_dspy(
+    python: &Path,
+    model: &Path,
+    examples: usize,
+    runs: usize,
+    max_tokens: usize,
+    concurrency: usize,
+) -> anyhow::Result<Value> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/dspy_python.py");
+    let output = Command::new(python)
+        .arg(script)
+        .arg("--model")
+        .arg(model)
+        .args(["--examples", &examples.to_string()])
+        .args(["--runs", &runs.to_string()])
+        .args(["--max-tokens", &max_tokens.to_string()])
+        .args(["--concurrency", &concurrency.to_string()])
+        .args(["--port", &free_port()?.to_string()])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running benches/dspy_python.py")?;
+    anyhow::ensure!(
+        output.status.success(),
+        "dspy_python.py failed: {}",
+        output.status
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let last = stdout
+        .lines()
+        .last()
+        .context("dspy_python.py printed nothing")?;
+    Ok(serde_json::from_str(last)?)
+}
+
+pub fn threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn http_get_ok(port: u16, path: &str) -> bool {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response.starts_with("HTTP/1.1 200")
+}

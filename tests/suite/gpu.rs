@@ -1,0 +1,155 @@
+//! CUDA against the CPU on the same file, per backend: what a user gets does
+//! not depend on the device. These run where CUDA is compiled in and a CUDA
+//! GPU is present (the GPU machine, `specs/gpu.md`); elsewhere each prints why
+//! it skips.
+//!
+//! Tolerance: F32 weights, next-token logits within 1e-2 relative (L2 norm of
+//! the difference over the CPU's; the kernels differ in summation order and
+//! llama.cpp's CUDA matrix products may round activations to f16) and the
+//! same greedy text for 32 tokens.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use dsrs_local::hardware::{AcceleratorKind, HardwareManager};
+use dsrs_local::pool::{ModelPool, ModelSpec};
+use dsrs_local::testing::{TestModelSpec, TestTokenizer, WeightType};
+use dsrs_local::{
+    Backend, CandleAdapter, CandleConfig, CandleDevice, CandleLoadOptions, CandleModel,
+    GenerationRequest, LlamaCppAdapter, LlamaCppConfig, LlamaCppLoadOptions, LlamaCppModel,
+    LocalAdapter, Sampling,
+};
+
+use crate::cross_backend::relative_difference;
+use crate::support::shared_model;
+
+const LOGIT_TOLERANCE: f64 = 1e-2;
+
+fn cuda_gpu() -> bool {
+    let present = HardwareManager::detect()
+        .accelerators
+        .iter()
+        .any(|a| a.kind == AcceleratorKind::Cuda);
+    if !(present && AcceleratorKind::Cuda.compiled_in()) {
+        eprintln!("skipping: this build has no CUDA or this machine no CUDA GPU");
+        return false;
+    }
+    true
+}
+
+/// The models compared: a test-built F32 llama, and stories260K (a trained
+/// model) when `../shared` has it.
+fn models(dir: &Path) -> Vec<std::path::PathBuf> {
+    let path = dir.join("f32.gguf");
+    TestModelSpec::tiny(TestTokenizer::ByteLevel)
+        .with_weights(WeightType::F32)
+        .write(&path)
+        .unwrap();
+    let mut models = vec![path];
+    models.extend(shared_model("stories260K.gguf"));
+    models
+}
+
+async fn greedy_text<B: Backend>(adapter: &LocalAdapter<B>) -> String {
+    adapter
+        .generate(GenerationRequest {
+            prompt: "Once upon a time".into(),
+            sampling: Sampling::greedy(),
+            max_tokens: 32,
+            stop: vec![],
+            constraint: None,
+        })
+        .await
+        .unwrap()
+        .text
+}
+
+#[tokio::test]
+async fn llama_cpp_on_cuda_matches_the_cpu() {
+    if !cuda_gpu() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for path in models(dir.path()) {
+        let load = |gpu_layers| {
+            Arc::new(
+                LlamaCppModel::load(
+                    &path,
+                    LlamaCppLoadOptions::default().with_gpu_layers(gpu_layers),
+                )
+                .unwrap(),
+            )
+        };
+        let (cpu, gpu) = (load(0), load(u32::MAX));
+        let prompt = "The quick brown fox jumps over the lazy dog";
+        let (a, b) = (
+            cpu.next_token_logits(prompt).unwrap(),
+            gpu.next_token_logits(prompt).unwrap(),
+        );
+        let difference = relative_difference(&b, &a);
+        eprintln!(
+            "{}: llama.cpp CUDA vs CPU logits {difference:.2e}",
+            path.display()
+        );
+        assert!(difference < LOGIT_TOLERANCE, "{difference}");
+        let adapter = |model| LlamaCppAdapter::from_loaded_model(model, LlamaCppConfig::default());
+        assert_eq!(
+            greedy_text(&adapter(cpu)).await,
+            greedy_text(&adapter(gpu)).await,
+            "{}",
+            path.display()
+        );
+    }
+}
+
+#[tokio::test]
+async fn candle_on_cuda_matches_the_cpu() {
+    if !cuda_gpu() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for path in models(dir.path()) {
+        let load = |device| {
+            let options = CandleLoadOptions::default().with_device(device);
+            Arc::new(CandleModel::load(&path, options).unwrap())
+        };
+        let (cpu, gpu) = (load(CandleDevice::Cpu), load(CandleDevice::Auto));
+        assert!(gpu.device().is_cuda(), "Auto picks the CUDA device");
+        let prompt = "The quick brown fox jumps over the lazy dog";
+        let (a, b) = (
+            cpu.next_token_logits(prompt).unwrap(),
+            gpu.next_token_logits(prompt).unwrap(),
+        );
+        let difference = relative_difference(&b, &a);
+        eprintln!(
+            "{}: candle CUDA vs CPU logits {difference:.2e}",
+            path.display()
+        );
+        assert!(difference < LOGIT_TOLERANCE, "{difference}");
+        let adapter = |model| CandleAdapter::from_loaded_model(model, CandleConfig::default());
+        assert_eq!(
+            greedy_text(&adapter(cpu)).await,
+            greedy_text(&adapter(gpu)).await,
+            "{}",
+            path.display()
+        );
+    }
+}
+
+#[test]
+fn the_pool_puts_every_layer_on_the_gpu() {
+    if !cuda_gpu() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chat.gguf");
+    TestModelSpec::tiny(TestTokenizer::ByteLevel)
+        .write(&path)
+        .unwrap();
+    let pool = ModelPool::new(HardwareManager::detect());
+    let plan = pool.plan(&ModelSpec::gguf(&path)).unwrap();
+    eprintln!("{plan}");
+    assert_eq!(plan.gpu_layers, plan.total_layers, "{plan}");
+    let candle: Arc<CandleModel> = pool.load(ModelSpec::gguf(&path)).unwrap();
+    assert!(candle.device().is_cuda(), "{plan}");
+}
