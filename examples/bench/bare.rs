@@ -27,7 +27,7 @@ pub fn run(
     context_length: u32,
     batch_size: u32,
 ) -> anyhow::Result<BareRun> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as i32;
+    let threads = super::peers::threads() as i32;
     let params = LlamaContextParams::default()
         .with_n_ctx(NonZeroU32::new(context_length))
         .with_n_batch(batch_size)

@@ -50,6 +50,17 @@ fn models(dir: &Path) -> Vec<std::path::PathBuf> {
     models
 }
 
+const PROMPT: &str = "The quick brown fox jumps over the lazy dog";
+
+fn assert_logits_agree(backend: &str, path: &Path, cpu: Vec<f32>, gpu: Vec<f32>) {
+    let difference = relative_difference(&gpu, &cpu);
+    eprintln!(
+        "{}: {backend} CUDA vs CPU logits {difference:.2e}",
+        path.display()
+    );
+    assert!(difference < LOGIT_TOLERANCE, "{backend}: {difference}");
+}
+
 async fn greedy_text<B: Backend>(adapter: &LocalAdapter<B>) -> String {
     adapter
         .generate(GenerationRequest {
@@ -81,17 +92,12 @@ async fn llama_cpp_on_cuda_matches_the_cpu() {
             )
         };
         let (cpu, gpu) = (load(0), load(u32::MAX));
-        let prompt = "The quick brown fox jumps over the lazy dog";
-        let (a, b) = (
-            cpu.next_token_logits(prompt).unwrap(),
-            gpu.next_token_logits(prompt).unwrap(),
+        assert_logits_agree(
+            "llama.cpp",
+            &path,
+            cpu.next_token_logits(PROMPT).unwrap(),
+            gpu.next_token_logits(PROMPT).unwrap(),
         );
-        let difference = relative_difference(&b, &a);
-        eprintln!(
-            "{}: llama.cpp CUDA vs CPU logits {difference:.2e}",
-            path.display()
-        );
-        assert!(difference < LOGIT_TOLERANCE, "{difference}");
         let adapter = |model| LlamaCppAdapter::from_loaded_model(model, LlamaCppConfig::default());
         assert_eq!(
             greedy_text(&adapter(cpu)).await,
@@ -115,17 +121,12 @@ async fn candle_on_cuda_matches_the_cpu() {
         };
         let (cpu, gpu) = (load(CandleDevice::Cpu), load(CandleDevice::Auto));
         assert!(gpu.device().is_cuda(), "Auto picks the CUDA device");
-        let prompt = "The quick brown fox jumps over the lazy dog";
-        let (a, b) = (
-            cpu.next_token_logits(prompt).unwrap(),
-            gpu.next_token_logits(prompt).unwrap(),
+        assert_logits_agree(
+            "candle",
+            &path,
+            cpu.next_token_logits(PROMPT).unwrap(),
+            gpu.next_token_logits(PROMPT).unwrap(),
         );
-        let difference = relative_difference(&b, &a);
-        eprintln!(
-            "{}: candle CUDA vs CPU logits {difference:.2e}",
-            path.display()
-        );
-        assert!(difference < LOGIT_TOLERANCE, "{difference}");
         let adapter = |model| CandleAdapter::from_loaded_model(model, CandleConfig::default());
         assert_eq!(
             greedy_text(&adapter(cpu)).await,
