@@ -49,8 +49,7 @@ def start_server(args):
     ]
     # Threads: llama-cpp-python's defaults (generation on half the cores,
     # prompts on all). On the 2-core machine its OpenMP workers spin against
-    # its other threads: 16 tokens took 50 s with 2 threads, 2.0 s with 1, and
-    # one 487-token DSPy call with the defaults took 5 minutes.
+    # its other threads: 16 tokens took 50 s with 2 threads, 2.0 s with 1.
     # OMP_WAIT_POLICY=passive undid it (1.3 s for the 16 tokens), so the
     # server runs with it: the peer as fast as it can be made here.
     environment = dict(os.environ, OMP_WAIT_POLICY="passive")
@@ -101,6 +100,11 @@ def main():
             max_tokens=args.max_tokens,
             cache=False,
             num_retries=0,
+            # LiteLLM sends DSPy's max_tokens as `max_completion_tokens`,
+            # which llama-cpp-python's server ignores: every call then ran
+            # until the context was full (minutes per call). The old field
+            # name in the request body makes the reply budget hold.
+            extra_body={"max_tokens": args.max_tokens},
         )
         dspy.configure(lm=lm, adapter=chat_adapter())
         predict = dspy.Predict(QA)

@@ -158,6 +158,19 @@ impl GgufHeader {
         self.get_u64(&format!("{arch}.{suffix}"))
     }
 
+    /// An architecture-scoped number, such as `llama.rope.freq_base`.
+    pub fn arch_f64(&self, suffix: &str) -> Option<f64> {
+        let arch = self.architecture()?;
+        self.get(&format!("{arch}.{suffix}"))
+            .and_then(MetadataValue::as_f64)
+    }
+
+    /// An architecture-scoped string, such as `llama.rope.scaling.type`.
+    pub fn arch_str(&self, suffix: &str) -> Option<&str> {
+        let arch = self.architecture()?;
+        self.get_str(&format!("{arch}.{suffix}"))
+    }
+
     /// The Jinja chat template, when the file has one.
     pub fn chat_template(&self) -> Option<&str> {
         self.get_str("tokenizer.chat_template")

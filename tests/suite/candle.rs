@@ -42,22 +42,41 @@ impl Harness for Candle {
                 .with_generation(config),
         )
     }
+
+    fn adapter_with_prefix_reuse(
+        path: &Path,
+        config: GenerationConfig,
+        reuse: bool,
+    ) -> Result<CandleAdapter, Error> {
+        let model = CandleModel::load(path, CandleLoadOptions::default())?;
+        Ok(CandleAdapter::from_loaded_model(
+            Arc::new(model),
+            CandleConfig::default()
+                .with_context_length(2048)
+                .with_prefix_reuse(reuse)
+                .with_generation(config),
+        ))
+    }
 }
 
 crate::conformance_suite!(conformance, crate::candle::Candle);
 
+/// The window is capped at the file's trained context, whatever the family
+/// (candle-transformers' llama stopped at 4096 precomputed positions; ours
+/// computes RoPE per call).
 #[test]
-fn candle_knows_the_real_rope_limit() {
-    let model = Arc::clone(&TINY);
-    assert_eq!(
-        model.max_positions(),
-        4096,
-        "quantized llama precomputes RoPE to 4096"
-    );
+fn candle_caps_the_window_at_the_trained_context() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("long.gguf");
+    let mut spec = dsrs_local::testing::TestModelSpec::tiny(dsrs_local::testing::chat_tokenizer());
+    spec.context_length = 8192;
+    spec.write(&path).unwrap();
+    let model = Arc::new(CandleModel::load(&path, CandleLoadOptions::default()).unwrap());
+    assert_eq!(model.max_positions(), 8192);
     let backend = CandleBackend::new(model, &CandleConfig::default().with_context_length(100_000));
     assert_eq!(
         backend.context_length(),
-        4096,
-        "a larger request is capped at the real limit"
+        8192,
+        "a larger request is capped at the trained context"
     );
 }

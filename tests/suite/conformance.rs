@@ -33,6 +33,13 @@ pub trait Harness: 'static {
     ) -> Result<LocalAdapter<Self::Backend>, Error>;
     /// An adapter on the shared tiny chat model (loaded once per test process).
     fn adapter(config: GenerationConfig) -> LocalAdapter<Self::Backend>;
+    /// An adapter on its own load of the model at `path` (2048 tokens of
+    /// context), keeping KV caches between requests or not.
+    fn adapter_with_prefix_reuse(
+        path: &Path,
+        config: GenerationConfig,
+        reuse: bool,
+    ) -> Result<LocalAdapter<Self::Backend>, Error>;
 }
 
 /// A tiny chat model with random weights, written once per test process.
@@ -296,6 +303,58 @@ const LEARNED_FAMILIES: &[TaskFamily] = &[TaskFamily::Capital];
 
 /// The held-out questions of every family: every country once, and
 /// [`EXAMPLES_PER_FAMILY`] of each other family, with zero to two demos.
+/// A request sharing the system message and demos with the previous one
+/// reads only the rest, and answers exactly as with reuse off, on F32 weights
+/// and on Q8_0 (whose matmuls quantize the activations per batch).
+pub async fn prefix_reuse_gives_the_same_replies_as_a_cold_cache<H: Harness>() {
+    use dspy_rs::MetaSignature;
+    let dir = tempfile::tempdir().unwrap();
+    let q8 = dir.path().join("q8.gguf");
+    TestModelSpec::tiny(chat_tokenizer())
+        .with_weights(dsrs_local::testing::WeightType::Q8_0)
+        .write(&q8)
+        .unwrap();
+    let lm = local_lm().await.unwrap();
+    let mut signature = QA::new();
+    signature
+        .set_demos(vec![
+            example! { "question": "input" => "2+2?", "answer": "output" => "4" },
+            example! { "question": "input" => "Capital of Peru?", "answer": "output" => "Lima" },
+        ])
+        .unwrap();
+    let config = GenerationConfig::default()
+        .with_max_text_chars(60)
+        .with_temperature(0.0);
+    for path in [TINY_CHAT_MODEL.1.as_path(), q8.as_path()] {
+        let warm = H::adapter_with_prefix_reuse(path, config.clone(), true).unwrap();
+        let cold = H::adapter_with_prefix_reuse(path, config.clone(), false).unwrap();
+        let questions = [
+            "What is the capital of France?",
+            "Name a prime number.",
+            "Name a prime number.",
+        ];
+        let mut reused = Vec::new();
+        for question in questions {
+            let inputs = example! { "question": "input" => question };
+            let (_, a) = warm.predict(&lm, &signature, &inputs).await.unwrap();
+            let (_, b) = cold.predict(&lm, &signature, &inputs).await.unwrap();
+            assert_eq!(a.text, b.text, "{question}");
+            assert_eq!(a.prompt_tokens, b.prompt_tokens);
+            assert_eq!(b.cached_prompt_tokens, 0);
+            reused.push(a.cached_prompt_tokens);
+        }
+        assert_eq!(reused[0], 0, "the first request has nothing to reuse");
+        assert!(
+            reused[1] > 0,
+            "the shared system message and demos are reused: {reused:?}"
+        );
+        assert!(
+            reused[2] > reused[1],
+            "the same prompt again reuses all but its last token: {reused:?}"
+        );
+    }
+}
+
 pub fn held_out_questions() -> Vec<(TaskFamily, Vec<TaskExample>)> {
     let mut stream = TaskStream::held_out(ACCURACY_SEED);
     TaskFamily::ALL
@@ -408,6 +467,10 @@ macro_rules! conformance_suite {
             #[tokio::test(flavor = "multi_thread")]
             async fn a_context_that_fills_while_generating_ends_with_length() {
                 c::a_context_that_fills_while_generating_ends_with_length::<$harness>().await
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn prefix_reuse_gives_the_same_replies_as_a_cold_cache() {
+                c::prefix_reuse_gives_the_same_replies_as_a_cold_cache::<$harness>().await
             }
             #[tokio::test(flavor = "multi_thread")]
             async fn the_task_model_answers_through_predict() {

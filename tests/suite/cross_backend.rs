@@ -154,6 +154,33 @@ fn f32_model_logits_agree() {
     assert_eq!(argmax(&ours), argmax(&theirs));
 }
 
+/// Past 4096 positions (where candle-transformers' llama stopped) candle
+/// still computes what llama.cpp computes.
+#[test]
+fn logits_agree_past_4096_positions() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("long.gguf");
+    let mut spec = TestModelSpec::tiny(TestTokenizer::ByteLevel).with_weights(WeightType::F32);
+    spec.context_length = 8192;
+    spec.write(&path).unwrap();
+    let candle = CandleModel::load(&path, CandleLoadOptions::default()).unwrap();
+    let prompt = "The quick brown fox jumps over the lazy dog. ".repeat(120);
+    let tokens = candle.tokenize_prompt(&prompt).len();
+    assert!(tokens > 4200, "the prompt is {tokens} tokens");
+    let ours = candle.next_token_logits(&prompt).unwrap();
+    let theirs = LlamaCppModel::load(&path, LlamaCppLoadOptions::default())
+        .unwrap()
+        .next_token_logits(&prompt)
+        .unwrap();
+    let difference = relative_difference(&ours, &theirs);
+    println!("{tokens} tokens: relative logit difference {difference:.2e}");
+    assert!(difference < 1e-2, "relative difference {difference}");
+    assert_eq!(
+        dsrs_local::decode::argmax(&ours),
+        dsrs_local::decode::argmax(&theirs)
+    );
+}
+
 /// qwen2 and qwen3 files (and F16, Q8_0, Q4_K weights) load on both backends,
 /// answer a constrained `Predict`, and agree on the next token.
 #[tokio::test]

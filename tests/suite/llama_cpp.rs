@@ -45,6 +45,21 @@ impl Harness for LlamaCpp {
                 .with_generation(config),
         )
     }
+
+    fn adapter_with_prefix_reuse(
+        path: &Path,
+        config: GenerationConfig,
+        reuse: bool,
+    ) -> Result<LlamaCppAdapter, Error> {
+        let model = LlamaCppModel::load(path, LlamaCppLoadOptions::default())?;
+        Ok(LlamaCppAdapter::from_loaded_model(
+            Arc::new(model),
+            LlamaCppConfig::default()
+                .with_context_length(2048)
+                .with_prefix_reuse(reuse)
+                .with_generation(config),
+        ))
+    }
 }
 
 crate::conformance_suite!(conformance, crate::llama_cpp::LlamaCpp);
@@ -100,70 +115,6 @@ async fn the_template_bos_is_not_doubled() {
     assert_eq!(
         model.tokenize_prompt("Hello").unwrap()[0],
         model.llama_model().vocab().bos()
-    );
-}
-
-/// A request sharing the system message and demos with the previous one
-/// evaluates only the rest, and answers exactly as a cold context does.
-#[tokio::test]
-async fn prefix_reuse_gives_the_same_replies_as_a_cold_context() {
-    // F32 weights, and Q8_0, whose matmuls quantize the activations per batch.
-    let dir = tempfile::tempdir().unwrap();
-    let q8 = dir.path().join("q8.gguf");
-    dsrs_local::testing::TestModelSpec::tiny(dsrs_local::testing::chat_tokenizer())
-        .with_weights(dsrs_local::testing::WeightType::Q8_0)
-        .write(&q8)
-        .unwrap();
-    let q8 = Arc::new(LlamaCppModel::load(&q8, LlamaCppLoadOptions::default()).unwrap());
-    for model in [Arc::clone(&TINY), q8] {
-        prefix_reuse_matches_cold(model).await;
-    }
-}
-
-async fn prefix_reuse_matches_cold(model: Arc<LlamaCppModel>) {
-    use dspy_rs::{MetaSignature, example};
-    let lm = dsrs_local::local_lm().await.unwrap();
-    let mut signature = crate::QA::new();
-    signature
-        .set_demos(vec![
-            example! { "question": "input" => "2+2?", "answer": "output" => "4" },
-            example! { "question": "input" => "Capital of Peru?", "answer": "output" => "Lima" },
-        ])
-        .unwrap();
-    let config = || {
-        LlamaCppConfig::default()
-            .with_context_length(2048)
-            .with_generation(
-                GenerationConfig::default()
-                    .with_max_text_chars(60)
-                    .with_temperature(0.0),
-            )
-    };
-    let warm = LlamaCppAdapter::from_loaded_model(Arc::clone(&model), config());
-    let cold = LlamaCppAdapter::from_loaded_model(model, config().with_prefix_reuse(false));
-    let questions = [
-        "What is the capital of France?",
-        "Name a prime number.",
-        "Name a prime number.",
-    ];
-    let mut reused = Vec::new();
-    for question in questions {
-        let inputs = example! { "question": "input" => question };
-        let (_, a) = warm.predict(&lm, &signature, &inputs).await.unwrap();
-        let (_, b) = cold.predict(&lm, &signature, &inputs).await.unwrap();
-        assert_eq!(a.text, b.text, "{question}");
-        assert_eq!(a.prompt_tokens, b.prompt_tokens);
-        assert_eq!(b.cached_prompt_tokens, 0);
-        reused.push(a.cached_prompt_tokens);
-    }
-    assert_eq!(reused[0], 0, "the first request has nothing to reuse");
-    assert!(
-        reused[1] > 0,
-        "the shared system message and demos are reused: {reused:?}"
-    );
-    assert!(
-        reused[2] > reused[1],
-        "the same prompt again reuses all but its last token: {reused:?}"
     );
 }
 

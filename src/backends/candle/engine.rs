@@ -1,12 +1,12 @@
 //! The candle [`Backend`]: one generation at a time per model (it has one KV
-//! cache), the prompt prefilled in chunks, then token by token.
+//! cache); the prompt's part not shared with the cache is prefilled in
+//! chunks, then the reply is decoded token by token.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::{DType, Tensor};
-
-use super::model::{BACKEND, CandleModel, Weights};
+use super::model::{BACKEND, CandleModel};
+use super::transformer::Transformer;
 use crate::backend::{Backend, FinishReason, Generation, GenerationRequest, Timings};
 use crate::decode::Decoder;
 use crate::prompt::ChatTemplate;
@@ -21,6 +21,9 @@ pub struct CandleConfig {
     pub context_length: Option<usize>,
     /// Most prompt tokens evaluated in one forward pass.
     pub batch_size: usize,
+    /// Keep the KV cache between requests and read only the part of a new
+    /// prompt it does not share with the previous request (on by default).
+    pub reuse_prefix: bool,
     /// Sampling, budget, constraint and concurrency settings.
     pub generation: GenerationConfig,
 }
@@ -30,6 +33,7 @@ impl Default for CandleConfig {
         CandleConfig {
             context_length: None,
             batch_size: 256,
+            reuse_prefix: true,
             generation: GenerationConfig::default(),
         }
     }
@@ -48,6 +52,12 @@ impl CandleConfig {
         self.batch_size = tokens.max(1);
         self
     }
+    /// Turns reuse of the previous request's KV cache on or off.
+    #[must_use]
+    pub fn with_prefix_reuse(mut self, reuse: bool) -> Self {
+        self.reuse_prefix = reuse;
+        self
+    }
     /// Sets the generation settings.
     #[must_use]
     pub fn with_generation(mut self, generation: GenerationConfig) -> Self {
@@ -62,6 +72,7 @@ pub struct CandleBackend {
     model: Arc<CandleModel>,
     context_length: usize,
     batch_size: usize,
+    reuse_prefix: bool,
 }
 
 impl CandleBackend {
@@ -76,6 +87,7 @@ impl CandleBackend {
             model,
             context_length,
             batch_size: config.batch_size.max(1),
+            reuse_prefix: config.reuse_prefix,
         }
     }
 
@@ -97,20 +109,10 @@ fn inference_error(e: impl std::fmt::Display) -> Error {
     }
 }
 
-/// Runs `tokens` at `position` and returns the last position's logits.
-pub(super) fn forward(
-    weights: &mut Weights,
-    model: &CandleModel,
-    tokens: &[u32],
-    position: usize,
-) -> Result<Vec<f32>> {
-    let input = Tensor::new(tokens, model.device())
-        .and_then(|t| t.unsqueeze(0))
-        .map_err(inference_error)?;
+/// Reads `tokens` after the cached ones and returns the last one's logits.
+pub(super) fn forward(weights: &mut Transformer, tokens: &[u32]) -> Result<Vec<f32>> {
     weights
-        .forward(&input, position)
-        .and_then(|logits| logits.squeeze(0))
-        .and_then(|logits| logits.to_dtype(DType::F32))
+        .forward(tokens)
         .and_then(|logits| logits.to_vec1::<f32>())
         .map_err(inference_error)
 }
@@ -152,15 +154,21 @@ impl Backend for CandleBackend {
         let pieces = model.tokenizer().pieces();
 
         let mut weights = model.lock_weights()?;
-        weights.clear_kv_cache();
+        let reused = if self.reuse_prefix {
+            weights.keep_shared_prefix(&prompt)
+        } else {
+            weights.clear_cache();
+            0
+        };
         let started = Instant::now();
         let mut logits = Vec::new();
-        for (index, chunk) in prompt.chunks(self.batch_size).enumerate() {
-            logits = forward(&mut weights, model, chunk, index * self.batch_size)?;
+        for chunk in prompt[reused..].chunks(self.batch_size) {
+            logits = forward(&mut weights, chunk)?;
         }
         let prefill = started.elapsed();
         tracing::debug!(
-            tokens = prompt.len(),
+            tokens = prompt.len() - reused,
+            reused,
             ms = prefill.as_secs_f64() * 1e3,
             "prefill"
         );
@@ -176,7 +184,7 @@ impl Backend for CandleBackend {
             if position >= self.context_length {
                 break FinishReason::Length;
             }
-            logits = forward(&mut weights, model, &[token], position)?;
+            logits = forward(&mut weights, &[token])?;
             position += 1;
         };
         drop(weights);
@@ -184,6 +192,8 @@ impl Backend for CandleBackend {
             prefill,
             decode: decode_started.elapsed(),
         };
-        Ok(decoder.finish(prompt.len(), finish_reason, timings))
+        let mut generation = decoder.finish(prompt.len(), finish_reason, timings);
+        generation.cached_prompt_tokens = reused;
+        Ok(generation)
     }
 }

@@ -12,18 +12,22 @@
 //!   from `tokenizer.*` keys; the ids equal llama.cpp's.
 //! - **Prompts**: the same shared render path and chat template as llama.cpp.
 //! - **Generation**: the shared decoder (same sampler, same output grammar
-//!   enforced on the logits); the KV cache is reset for every request; stops
-//!   and finish reasons as the llama.cpp backend.
-//! - **Context**: candle's quantized llama precomputes RoPE for 4096
-//!   positions; qwen2/qwen3 for their trained context. The window is capped
-//!   there and a longer prompt is
+//!   enforced on the logits); stops and finish reasons as the llama.cpp
+//!   backend. Our own transformer (`transformer.rs`) on candle's quantized
+//!   kernels keeps the KV cache between requests and reads only what a new
+//!   prompt does not share with the previous one
+//!   ([`Generation::cached_prompt_tokens`](crate::Generation) counts the rest;
+//!   [`CandleConfig::with_prefix_reuse`] turns it off).
+//! - **Context**: the file's trained context (4096 when it names none) caps
+//!   the window; a longer prompt is
 //!   [`Error::PromptTooLong`](crate::Error::PromptTooLong).
 //! - **Concurrency**: a model holds one KV cache, so generations on one
 //!   [`CandleModel`] run one at a time behind a lock; concurrent calls queue
 //!   and all complete. Load the file twice for parallel generations.
 //! - **Device**: the CPU always; with the `cuda` or `metal` feature the GPU
 //!   when present, otherwise the CPU with a logged reason. No Vulkan.
-//! - **Not supported**: tool calling, images, prefix KV reuse.
+//! - **Not supported**: tool calling, images, decoding several requests in
+//!   one batch.
 
 mod engine;
 mod model;
@@ -37,6 +41,7 @@ mod model;
 )]
 mod thread_binding;
 pub mod tokenizer;
+mod transformer;
 
 use std::sync::Arc;
 

@@ -5,11 +5,11 @@ use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
+use candle_core::Device;
 use candle_core::quantized::gguf_file;
-use candle_core::{Device, Tensor};
-use candle_transformers::models::{quantized_llama, quantized_qwen2, quantized_qwen3};
 
 use super::tokenizer::GgufTokenizer;
+use super::transformer::{Family, Transformer};
 use crate::gguf::GgufHeader;
 use crate::prompt::{ChatTemplate, ConstraintCompiler, TokenVocabulary};
 use crate::{Error, Result};
@@ -19,14 +19,13 @@ pub(super) const BACKEND: &str = "candle";
 /// The architectures this backend runs (Mistral and SmolLM files say `llama`).
 pub const SUPPORTED_ARCHITECTURES: [&str; 3] = ["llama", "qwen2", "qwen3"];
 
-/// candle-transformers' quantized qwen3 allocates its CPU KV cache for this many positions.
-const QWEN3_CPU_POSITIONS: usize = 4096;
-
-/// Context length used when neither the load nor the adapter sets one.
+/// Context length used when neither the load nor the adapter sets one, and
+/// the positions assumed for a file that names no trained context.
 const DEFAULT_CONTEXT_CAP: usize = 4096;
 
-/// candle-transformers' quantized llama precomputes RoPE for this many positions.
-const LLAMA_ROPE_POSITIONS: usize = quantized_llama::MAX_SEQ_LEN;
+/// Tokens read per forward pass by [`CandleModel::next_token_logits`]
+/// (attention scores grow with the square of a pass's length).
+const LOGITS_CHUNK: usize = 512;
 
 /// Which device to run on.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -83,40 +82,10 @@ impl CandleLoadOptions {
     }
 }
 
-/// The weights of one supported architecture.
-pub(super) enum Weights {
-    Llama(quantized_llama::ModelWeights),
-    Qwen2(quantized_qwen2::ModelWeights),
-    Qwen3(quantized_qwen3::ModelWeights),
-}
-
-impl Weights {
-    /// Logits of the last position after feeding `tokens` at `position`.
-    pub(super) fn forward(
-        &mut self,
-        input: &Tensor,
-        position: usize,
-    ) -> candle_core::Result<Tensor> {
-        match self {
-            Weights::Llama(m) => m.forward(input, position),
-            Weights::Qwen2(m) => m.forward(input, position),
-            Weights::Qwen3(m) => m.forward(input, position),
-        }
-    }
-
-    pub(super) fn clear_kv_cache(&mut self) {
-        match self {
-            Weights::Llama(m) => m.clear_kv_cache(),
-            Weights::Qwen2(m) => m.clear_kv_cache(),
-            Weights::Qwen3(m) => m.clear_kv_cache(),
-        }
-    }
-}
-
 /// A model loaded by candle. Share it with `Arc`; it holds one KV cache, so
 /// generations on it run one at a time (a lock per model).
 pub struct CandleModel {
-    weights: Mutex<Weights>,
+    weights: Mutex<Transformer>,
     tokenizer: GgufTokenizer,
     template: ChatTemplate,
     device: Device,
@@ -146,12 +115,12 @@ impl CandleModel {
             tracing::info_span!("dsrs.load", backend = BACKEND, path = %path.display()).entered();
         let header = GgufHeader::read(path)?;
         let architecture = header.architecture().unwrap_or("unknown").to_string();
-        if !SUPPORTED_ARCHITECTURES.contains(&architecture.as_str()) {
+        let Some(family) = Family::of(&architecture) else {
             return Err(Error::UnsupportedArchitecture {
                 architecture,
                 backend: BACKEND,
             });
-        }
+        };
         let tokenizer = GgufTokenizer::from_header(&header)?;
         let eos_text = header
             .get_u64("tokenizer.ggml.eos_token_id")
@@ -163,16 +132,10 @@ impl CandleModel {
             tokenizer.bos_text().to_string(),
             eos_text,
         )?;
-        let trained = header
+        let max_positions = header
             .arch_u64("context_length")
-            .unwrap_or(LLAMA_ROPE_POSITIONS as u64) as usize;
+            .map_or(DEFAULT_CONTEXT_CAP, |n| n as usize);
         let device = select_device(options.device);
-        let max_positions = match architecture.as_str() {
-            "llama" => LLAMA_ROPE_POSITIONS,
-            // candle's quantized qwen3 keeps a 4096-position KV cache on the CPU.
-            "qwen3" if device.is_cpu() => trained.min(QWEN3_CPU_POSITIONS),
-            _ => trained,
-        };
 
         let load_error = |reason: String| Error::ModelLoad {
             backend: BACKEND,
@@ -192,15 +155,8 @@ impl CandleModel {
         let bar = crate::progress::load_bar(&name, options.show_progress, false);
         let content =
             gguf_file::Content::read(&mut reader).map_err(|e| load_error(e.to_string()))?;
-        let weights = match architecture.as_str() {
-            "llama" => quantized_llama::ModelWeights::from_gguf(content, &mut reader, &device)
-                .map(Weights::Llama),
-            "qwen2" => quantized_qwen2::ModelWeights::from_gguf(content, &mut reader, &device)
-                .map(Weights::Qwen2),
-            _ => quantized_qwen3::ModelWeights::from_gguf(content, &mut reader, &device)
-                .map(Weights::Qwen3),
-        }
-        .map_err(|e| load_error(e.to_string()));
+        let weights =
+            Transformer::load(family, &header, &content, &mut reader, &device).map_err(load_error);
         bar.finish_and_clear();
         let weights = weights?;
         Ok(CandleModel {
@@ -241,8 +197,8 @@ impl CandleModel {
         &self.tokenizer
     }
 
-    /// Most positions the model can attend over (candle's quantized llama
-    /// precomputes RoPE for 4096; the others use the trained context).
+    /// Most positions the model can attend over: its trained context (4096
+    /// when the file names none).
     pub fn max_positions(&self) -> usize {
         self.max_positions
     }
@@ -282,13 +238,17 @@ impl CandleModel {
             return Err(Error::Tokenizer("the text produced no tokens".into()));
         }
         let mut weights = self.lock_weights()?;
-        weights.clear_kv_cache();
-        super::engine::forward(&mut weights, self, &tokens, 0)
+        weights.clear_cache();
+        let mut logits = Vec::new();
+        for chunk in tokens.chunks(LOGITS_CHUNK) {
+            logits = super::engine::forward(&mut weights, chunk)?;
+        }
+        Ok(logits)
     }
 
     /// Exclusive use of the weights and their KV cache, on a thread ready to
     /// compute on the model's device.
-    pub(super) fn lock_weights(&self) -> Result<MutexGuard<'_, Weights>> {
+    pub(super) fn lock_weights(&self) -> Result<MutexGuard<'_, Transformer>> {
         let weights = self.weights.lock().map_err(|_| {
             Error::TaskFailed("a candle generation panicked; the model is unusable".into())
         })?;
