@@ -73,6 +73,9 @@ pub struct Timings {
     pub prefill: Duration,
     /// Generating the reply.
     pub decode: Duration,
+    /// Of `decode`, the CPU time spent choosing tokens from the logits: the
+    /// output constraint's mask and advance, and the sampler.
+    pub token_choice: Duration,
 }
 
 /// What a backend returns.

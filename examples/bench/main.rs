@@ -256,12 +256,20 @@ async fn adapter_overhead(model: &Arc<LlamaCppModel>, options: &Options) -> anyh
         tokens = (prompt.len(), completion);
     }
     let (predict_ms, bare_ms) = (median(predict_ms), median(bare_ms));
+    // Where the extra time goes: the decoder's own clock of the CPU work
+    // choosing each token (grammar mask and advance, sampler).
+    let lm = local_lm_with(0.0, REPLY_TOKENS).await?;
+    let (_, generation) = adapter
+        .predict(&lm, &qa_with_demos()?, &question(options.runs + 1))
+        .await?;
     Ok(json!({
         "prompt_tokens": tokens.0,
         "completion_tokens": tokens.1,
         "predict_forward_ms": predict_ms,
         "bare_loop_ms": bare_ms,
         "overhead": predict_ms / bare_ms - 1.0,
+        "decode_ms": generation.timings.decode.as_secs_f64() * 1e3,
+        "token_choice_ms": generation.timings.token_choice.as_secs_f64() * 1e3,
     }))
 }
 
@@ -634,6 +642,11 @@ fn print_tables(
         overhead["prompt_tokens"],
         overhead["completion_tokens"],
         overhead["overhead"].as_f64().unwrap_or(f64::NAN) * 100.0,
+    );
+    println!(
+        "  of one call's {:.1} ms decoding, {:.1} ms went to choosing tokens (grammar mask and advance, sampler)",
+        overhead["decode_ms"].as_f64().unwrap_or(f64::NAN),
+        overhead["token_choice_ms"].as_f64().unwrap_or(f64::NAN),
     );
     println!(
         "\n| DSPy setup (QA, 4 demos, ≤{REPLY_TOKENS} reply tokens) | one call (ms) | {} examples/s | replies parsed |\n|---|---|---|---|",

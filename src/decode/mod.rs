@@ -11,6 +11,8 @@ mod sampler;
 
 pub use sampler::{Sampler, argmax};
 
+use std::time::{Duration, Instant};
+
 use crate::backend::{FinishReason, Generation, GenerationRequest, Timings};
 use crate::prompt::{COMPLETED_MARKER, ConstraintMatcher};
 use crate::{Error, Result};
@@ -25,6 +27,8 @@ pub struct Decoder {
     max_tokens: usize,
     bytes: Vec<u8>,
     generated: usize,
+    /// Time spent in `next_token` and the constraint's advance.
+    token_choice: Duration,
 }
 
 impl Decoder {
@@ -43,16 +47,20 @@ impl Decoder {
             max_tokens: request.max_tokens,
             bytes: Vec::new(),
             generated: 0,
+            token_choice: Duration::ZERO,
         }
     }
 
     /// Chooses the next token from the model's logits for the last position.
     /// The logits are masked in place.
     pub fn next_token(&mut self, logits: &mut [f32]) -> Result<u32> {
+        let started = Instant::now();
         if let Some(constraint) = &mut self.constraint {
             constraint.mask_logits(logits)?;
         }
-        self.sampler.sample(logits).ok_or_else(|| {
+        let token = self.sampler.sample(logits);
+        self.token_choice += started.elapsed();
+        token.ok_or_else(|| {
             Error::Constraint("no token is allowed next (all logits masked or not finite)".into())
         })
     }
@@ -66,7 +74,10 @@ impl Decoder {
         self.generated += 1;
         self.bytes.extend_from_slice(piece);
         if let Some(constraint) = &mut self.constraint {
-            constraint.accept(token)?;
+            let started = Instant::now();
+            let accepted = constraint.accept(token);
+            self.token_choice += started.elapsed();
+            accepted?;
             if constraint.is_complete() {
                 return Ok(Some(FinishReason::Constraint));
             }
@@ -127,7 +138,10 @@ impl Decoder {
             cached_prompt_tokens: 0,
             completion_tokens: self.generated,
             finish_reason,
-            timings,
+            timings: Timings {
+                token_choice: self.token_choice,
+                ..timings
+            },
         }
     }
 }

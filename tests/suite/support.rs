@@ -20,3 +20,23 @@ pub fn shared_model(relative: &str) -> Option<PathBuf> {
     }
     found
 }
+
+/// With `DSRS_TEST_LOG` set (an `EnvFilter`, e.g. `error` or
+/// `dsrs_local=debug`), log lines reach stderr, llama.cpp's among them: an
+/// abort inside llama.cpp otherwise shows only its last line, the reason
+/// having gone to `tracing` with no subscriber. Installed before `main`
+/// (the test harness has no setup hook); Linux only.
+#[cfg(target_os = "linux")]
+#[used]
+#[unsafe(link_section = ".init_array")]
+static INSTALL_TEST_LOG: extern "C" fn() = install_test_log;
+
+#[cfg(target_os = "linux")]
+extern "C" fn install_test_log() {
+    if let Ok(filter) = std::env::var("DSRS_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+}

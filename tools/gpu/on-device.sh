@@ -5,7 +5,7 @@
 #   bash tools/gpu/on-device.sh build [llama]   # starts the CUDA builds in the background
 #                                               # (`llama`: ours only, no llama-bench)
 #   bash tools/gpu/on-device.sh wait    # waits for them (call again if it times out)
-#   bash tools/gpu/on-device.sh suite   # the test suite, both backends on CUDA
+#   bash tools/gpu/on-device.sh suite [THREADS]  # the test suite, both backends on CUDA
 #   bash tools/gpu/on-device.sh bench SHAPE WEIGHTS [bench flags]
 #
 # The builds: llama.cpp as shared libraries with CUDA from llama-cpp-sys-2's
@@ -84,10 +84,15 @@ wait)
     [ -e "$WORK/llama.done" ] && [ -e "$WORK/peer.done" ] && echo "builds done"
     ;;
 suite)
+    # suite [THREADS]: the whole suite, THREADS test threads (default: one per
+    # core); errors logged by llama.cpp and candle reach the log file.
     environment
+    threads="${2:-$(nproc)}"
     ldd "$WORK/bin/suite" | grep -E "not found|llama|ggml|cuda|cublas" || true
-    "$WORK/bin/suite" 2>&1 | tee "$OUT/suite.log" | grep -E "^test result|FAILED|panicked|^failures" 
-    grep -E "skip|CUDA|cuda" "$OUT/suite.log" | sort | uniq -c | sort -rn | head -20
+    DSRS_TEST_LOG=error "$WORK/bin/suite" --test-threads "$threads" >"$OUT/suite-$threads.log" 2>&1
+    echo "suite with $threads threads: exit $?"
+    grep -E "^test result|FAILED|panicked|^failures|ERROR|CUDA error|abort" "$OUT/suite-$threads.log" | head -30
+    grep -E "skip|CUDA|cuda" "$OUT/suite-$threads.log" | sort | uniq -c | sort -rn | head -12
     ;;
 bench)
     environment

@@ -191,6 +191,7 @@ impl Backend for CandleBackend {
         let timings = Timings {
             prefill,
             decode: decode_started.elapsed(),
+            ..Timings::default()
         };
         let mut generation = decoder.finish(prompt.len(), finish_reason, timings);
         generation.cached_prompt_tokens = reused;

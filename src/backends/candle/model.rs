@@ -3,7 +3,7 @@
 use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 
 use candle_core::Device;
 use candle_core::quantized::gguf_file;
@@ -262,12 +262,29 @@ impl CandleModel {
     }
 }
 
+/// One CUDA device for the process, made once and never dropped. Each
+/// `Device::new_cuda` makes a stream and a cuBLAS handle, and dropping them
+/// synchronises the whole device (`cublasDestroy`), which breaks a CUDA
+/// graph llama.cpp may be capturing in another thread: llama.cpp then aborts
+/// the process (seen on an H100 with both engines' tests in parallel;
+/// specs/gpu.md). One device also means one stream for all candle models.
+fn shared_cuda_device() -> candle_core::Result<Device> {
+    static DEVICE: Mutex<Option<Device>> = Mutex::new(None);
+    let mut slot = DEVICE.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(device) = slot.as_ref() {
+        return Ok(device.clone());
+    }
+    let device = Device::new_cuda(0)?;
+    *slot = Some(device.clone());
+    Ok(device)
+}
+
 fn select_device(choice: CandleDevice) -> Device {
     if choice == CandleDevice::Cpu {
         return Device::Cpu;
     }
     if candle_core::utils::cuda_is_available() {
-        match Device::new_cuda(0) {
+        match shared_cuda_device() {
             Ok(device) => return device,
             Err(e) => {
                 tracing::warn!(error = %e, "CUDA is compiled in but device 0 failed; using the CPU")

@@ -76,7 +76,7 @@ impl Hyperparameters {
         let kv_heads = header
             .arch_u64("attention.head_count_kv")
             .map_or(heads, |v| v as usize);
-        if kv_heads == 0 || heads % kv_heads != 0 {
+        if kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
             return Err(format!(
                 "{heads} query heads cannot share {kv_heads} key/value heads"
             ));
@@ -87,7 +87,7 @@ impl Hyperparameters {
         let rope_dims = header
             .arch_u64("rope.dimension_count")
             .map_or(head_dim, |v| v as usize);
-        if rope_dims != head_dim || head_dim % 2 != 0 {
+        if rope_dims != head_dim || !head_dim.is_multiple_of(2) {
             return Err(format!(
                 "RoPE over {rope_dims} of {head_dim} head dimensions is not supported"
             ));

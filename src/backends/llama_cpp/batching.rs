@@ -321,7 +321,10 @@ impl<'m> Batcher<'m> {
                 }
             }
         }
-        ctx.decode(&mut batch).map_err(inference_error)?;
+        {
+            let _shared = super::device_memory::decoding();
+            ctx.decode(&mut batch).map_err(inference_error)?;
+        }
 
         let context_length = (ctx.n_ctx() as usize).min(self.settings.context_length as usize);
         for sequence in &mut self.sequences {
@@ -393,6 +396,7 @@ impl Active {
         let timings = Timings {
             prefill,
             decode: self.started.elapsed().saturating_sub(prefill),
+            ..Timings::default()
         };
         let mut generation = self.decoder.finish(self.prompt.len(), reason, timings);
         generation.cached_prompt_tokens = self.reused;

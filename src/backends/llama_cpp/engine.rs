@@ -236,6 +236,8 @@ fn worker(
                 let mut batcher = Batcher::new(model, settings, peak);
                 batcher.enqueue(job);
                 batcher.serve(&mut context, &jobs);
+                let _alone = super::device_memory::changing();
+                drop(context);
                 return;
             }
             // The caller may have gone away (cancelled); nothing to do then.

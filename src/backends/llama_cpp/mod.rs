@@ -34,12 +34,15 @@
 //!   prompt plus reply budget fits in the context's cells beside the running
 //!   ones; otherwise it waits. Callers wait on tokio's blocking pool, never on
 //!   the async executor. Several adapters on one model each have their own
-//!   context.
+//!   context. Decodes in the process share one lock that loading, context
+//!   creation and freeing take alone (`device_memory.rs`): on CUDA, a free
+//!   during another thread's graph capture aborts llama.cpp.
 //! - **Cancellation**: dropping a call's future stops waiting for it; the
 //!   worker finishes that generation and drops the result.
 //! - **Not supported**: tool calling (dspy-rs tools are ignored), images.
 
 mod batching;
+mod device_memory;
 mod engine;
 mod model;
 

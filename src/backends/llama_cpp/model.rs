@@ -1,5 +1,6 @@
 //! A GGUF model loaded into llama.cpp, shared through `Arc`.
 
+use std::mem::ManuallyDrop;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
@@ -105,7 +106,8 @@ impl LlamaCppLoadOptions {
 ///
 /// Share it with `Arc`; any number of adapters can run on one loaded model.
 pub struct LlamaCppModel {
-    model: LlamaModel,
+    /// Dropped by hand, under the device-memory lock (`Drop` below).
+    model: ManuallyDrop<LlamaModel>,
     path: PathBuf,
     architecture: String,
     template: ChatTemplate,
@@ -127,6 +129,14 @@ impl std::fmt::Debug for LlamaCppModel {
             .field("architecture", &self.architecture)
             .field("vocab", &self.pieces.len())
             .finish_non_exhaustive()
+    }
+}
+
+impl Drop for LlamaCppModel {
+    fn drop(&mut self) {
+        let _alone = super::device_memory::changing();
+        // SAFETY: `model` is dropped once, here, and never used after.
+        unsafe { ManuallyDrop::drop(&mut self.model) };
     }
 }
 
@@ -154,7 +164,10 @@ impl LlamaCppModel {
                 crate::progress::set_fraction(&reporter, fraction);
                 true
             });
-        let loaded = LlamaModel::load_from_file(backend, path, &params);
+        let loaded = {
+            let _alone = super::device_memory::changing();
+            LlamaModel::load_from_file(backend, path, &params)
+        };
         bar.finish_and_clear();
         let model = match loaded {
             Ok(model) => model,
@@ -194,7 +207,7 @@ impl LlamaCppModel {
             eos_text,
         )?;
         Ok(LlamaCppModel {
-            model,
+            model: ManuallyDrop::new(model),
             path: path.to_path_buf(),
             architecture,
             template,
@@ -329,11 +342,17 @@ impl LlamaCppModel {
                     reason: e.to_string(),
                 })?;
         }
-        context.decode(&mut batch).map_err(|e| Error::Inference {
-            backend: BACKEND,
-            reason: e.to_string(),
-        })?;
-        Ok(context.get_logits_ith(last as i32).to_vec())
+        {
+            let _shared = super::device_memory::decoding();
+            context.decode(&mut batch).map_err(|e| Error::Inference {
+                backend: BACKEND,
+                reason: e.to_string(),
+            })?;
+        }
+        let logits = context.get_logits_ith(last as i32).to_vec();
+        let _alone = super::device_memory::changing();
+        drop(context);
+        Ok(logits)
     }
 
     /// Creates a llama-cpp-2 context on this model, for callers that drive
@@ -345,6 +364,7 @@ impl LlamaCppModel {
             .context_creation
             .lock()
             .map_err(|_| Error::TaskFailed("context creation lock poisoned".into()))?;
+        let _alone = super::device_memory::changing();
         self.model
             .new_context(backend, params)
             .map_err(|e| Error::Inference {
