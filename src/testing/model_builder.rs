@@ -92,6 +92,9 @@ pub struct TestModelSpec {
     /// `general.architecture`, normally the family's name; anything else
     /// makes a file no engine should accept.
     pub architecture: String,
+    /// No `output.weight`: the token embedding also projects to the
+    /// vocabulary, as in Qwen2.5-0.5B's file.
+    pub tied_embeddings: bool,
 }
 
 impl TestModelSpec {
@@ -110,6 +113,7 @@ impl TestModelSpec {
             tokenizer,
             family: TestArchitecture::Llama,
             architecture: "llama".into(),
+            tied_embeddings: false,
         }
     }
 
@@ -129,6 +133,7 @@ impl TestModelSpec {
             tokenizer,
             family: TestArchitecture::Llama,
             architecture: "llama".into(),
+            tied_embeddings: false,
         }
     }
 
@@ -147,6 +152,7 @@ impl TestModelSpec {
             tokenizer,
             family: TestArchitecture::Llama,
             architecture: "llama".into(),
+            tied_embeddings: false,
         }
     }
 
@@ -305,7 +311,9 @@ impl TestModelSpec {
                 shapes.push((format!("blk.{layer}.{name}.weight"), rows, cols));
             }
         }
-        shapes.push(("output.weight".to_string(), vocab, self.hidden));
+        if !self.tied_embeddings {
+            shapes.push(("output.weight".to_string(), vocab, self.hidden));
+        }
         shapes
     }
 

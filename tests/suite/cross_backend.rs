@@ -154,6 +154,38 @@ fn f32_model_logits_agree() {
     assert_eq!(argmax(&ours), argmax(&theirs));
 }
 
+/// A file without `output.weight` (tied embeddings, as Qwen2.5-0.5B's)
+/// projects through the token embedding on both engines alike.
+#[test]
+fn tied_embeddings_logits_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tied.gguf");
+    let mut spec = TestModelSpec::tiny(TestTokenizer::ByteLevel)
+        .with_family(dsrs_local::testing::TestArchitecture::Qwen2)
+        .with_weights(WeightType::F32);
+    spec.tied_embeddings = true;
+    spec.write(&path).unwrap();
+    // A GGUF tensor name is its length (u64) then its bytes.
+    let name = [&13u64.to_le_bytes()[..], b"output.weight"].concat();
+    let bytes = std::fs::read(&path).unwrap();
+    assert!(!bytes.windows(name.len()).any(|w| w == name));
+    let prompt = "The quick brown fox jumps over the lazy dog";
+    let ours = CandleModel::load(&path, CandleLoadOptions::default())
+        .unwrap()
+        .next_token_logits(prompt)
+        .unwrap();
+    let theirs = LlamaCppModel::load(&path, LlamaCppLoadOptions::default())
+        .unwrap()
+        .next_token_logits(prompt)
+        .unwrap();
+    let difference = relative_difference(&ours, &theirs);
+    assert!(difference < 5e-3, "relative difference {difference}");
+    assert_eq!(
+        dsrs_local::decode::argmax(&ours),
+        dsrs_local::decode::argmax(&theirs)
+    );
+}
+
 /// Past 4096 positions (where candle-transformers' llama stopped) candle
 /// still computes what llama.cpp computes.
 #[test]

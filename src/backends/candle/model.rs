@@ -106,6 +106,17 @@ impl std::fmt::Debug for CandleModel {
     }
 }
 
+impl Drop for CandleModel {
+    fn drop(&mut self) {
+        // cudarc frees device memory without making its context current
+        // first: on a thread that never bound it the free fails, and cudarc
+        // keeps that error for the next call on the (process-wide) device.
+        if let Err(e) = super::thread_binding::bind_to_current_thread(&self.device) {
+            tracing::warn!(error = %e, "freeing a candle model off its device context");
+        }
+    }
+}
+
 impl CandleModel {
     /// Loads a GGUF file. Missing, foreign, truncated files and architectures
     /// candle cannot run are typed errors.
@@ -136,6 +147,11 @@ impl CandleModel {
             .arch_u64("context_length")
             .map_or(DEFAULT_CONTEXT_CAP, |n| n as usize);
         let device = select_device(options.device);
+        super::thread_binding::bind_to_current_thread(&device).map_err(|e| Error::ModelLoad {
+            backend: BACKEND,
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
 
         let load_error = |reason: String| Error::ModelLoad {
             backend: BACKEND,

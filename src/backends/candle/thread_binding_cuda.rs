@@ -4,6 +4,7 @@
 //! without this, a thread that never touched the context fails with
 //! `CUDA_ERROR_INVALID_CONTEXT` (seen on an H100), and one left with another
 //! context current (llama.cpp's, in the same process) computes in the wrong one.
+//! Loading and dropping a model bind it as well (cudarc's frees do not).
 
 use candle_core::Device;
 

@@ -10,6 +10,7 @@
 //! computed per call, so no family is capped at a precomputed 4096 positions.
 
 use std::io::{Read, Seek};
+use std::sync::Arc;
 
 use candle_core::quantized::{QMatMul, QTensor, gguf_file};
 use candle_core::{DType, Device, IndexOp, Module, Tensor};
@@ -240,7 +241,7 @@ type LayerCache = Option<(Tensor, Tensor)>;
 /// The model and its KV cache, with the tokens the cache holds.
 #[derive(Debug)]
 pub(super) struct Transformer {
-    embedding: QTensor,
+    embedding: Arc<QTensor>,
     layers: Vec<Layer>,
     norm: RmsNorm,
     output: QMatMul,
@@ -272,12 +273,13 @@ impl Transformer {
         let matmul = |t: QTensor| QMatMul::from_qtensor(t).map_err(|e| e.to_string());
         let vector = |t: QTensor| t.dequantize(device).map_err(|e| e.to_string());
 
-        let embedding = tensor("token_embd.weight")?;
-        // Files with tied embeddings have no `output.weight`.
+        let embedding = Arc::new(tensor("token_embd.weight")?);
+        // Files with tied embeddings have no `output.weight`: the one table
+        // serves both ends.
         let output = if content.tensor_infos.contains_key("output.weight") {
-            tensor("output.weight")?
+            matmul(tensor("output.weight")?)?
         } else {
-            tensor("token_embd.weight")?
+            QMatMul::from_arc(Arc::clone(&embedding)).map_err(|e| e.to_string())?
         };
         let factors = if content.tensor_infos.contains_key("rope_freqs.weight") {
             let factors = tensor("rope_freqs.weight")?.dequantize(&Device::Cpu);
@@ -329,7 +331,7 @@ impl Transformer {
         Ok(Transformer {
             embedding,
             norm: norm(tensor("output_norm.weight")?)?,
-            output: matmul(output)?,
+            output,
             rope: Rope::new(&parameters, factors, family.rope_is_neox()),
             cache: vec![None; parameters.layers],
             layers,
