@@ -126,6 +126,27 @@ async fn stories260k_first_64_tokens_agree() {
     assert_eq!(a, b);
 }
 
+/// Both engines' next-token logits for `prompt` on the file at `path`
+/// agree within `tolerance` (relative L2) and pick the same token; returns
+/// the difference.
+fn assert_next_token_agrees(path: &std::path::Path, prompt: &str, tolerance: f64) -> f64 {
+    let ours = CandleModel::load(path, CandleLoadOptions::default())
+        .unwrap()
+        .next_token_logits(prompt)
+        .unwrap();
+    let theirs = LlamaCppModel::load(path, LlamaCppLoadOptions::default())
+        .unwrap()
+        .next_token_logits(prompt)
+        .unwrap();
+    let difference = relative_difference(&ours, &theirs);
+    assert!(difference < tolerance, "relative difference {difference}");
+    assert_eq!(
+        dsrs_local::decode::argmax(&ours),
+        dsrs_local::decode::argmax(&theirs)
+    );
+    difference
+}
+
 /// On a test-built F32 model the two engines' next-token logits agree within
 /// 5e-3 relative (L2 norm of the difference over the norm of llama.cpp's), and
 /// pick the same token. The weights are the same f32 numbers; the difference
@@ -139,19 +160,7 @@ fn f32_model_logits_agree() {
         .with_weights(WeightType::F32)
         .write(&path)
         .unwrap();
-    let prompt = "The quick brown fox jumps over the lazy dog";
-    let ours = CandleModel::load(&path, CandleLoadOptions::default())
-        .unwrap()
-        .next_token_logits(prompt)
-        .unwrap();
-    let theirs = LlamaCppModel::load(&path, LlamaCppLoadOptions::default())
-        .unwrap()
-        .next_token_logits(prompt)
-        .unwrap();
-    let difference = relative_difference(&ours, &theirs);
-    assert!(difference < 5e-3, "relative difference {difference}");
-    let argmax = |v: &[f32]| dsrs_local::decode::argmax(v);
-    assert_eq!(argmax(&ours), argmax(&theirs));
+    assert_next_token_agrees(&path, "The quick brown fox jumps over the lazy dog", 5e-3);
 }
 
 /// A file without `output.weight` (tied embeddings, as Qwen2.5-0.5B's)
@@ -169,21 +178,7 @@ fn tied_embeddings_logits_agree() {
     let name = [&13u64.to_le_bytes()[..], b"output.weight"].concat();
     let bytes = std::fs::read(&path).unwrap();
     assert!(!bytes.windows(name.len()).any(|w| w == name));
-    let prompt = "The quick brown fox jumps over the lazy dog";
-    let ours = CandleModel::load(&path, CandleLoadOptions::default())
-        .unwrap()
-        .next_token_logits(prompt)
-        .unwrap();
-    let theirs = LlamaCppModel::load(&path, LlamaCppLoadOptions::default())
-        .unwrap()
-        .next_token_logits(prompt)
-        .unwrap();
-    let difference = relative_difference(&ours, &theirs);
-    assert!(difference < 5e-3, "relative difference {difference}");
-    assert_eq!(
-        dsrs_local::decode::argmax(&ours),
-        dsrs_local::decode::argmax(&theirs)
-    );
+    assert_next_token_agrees(&path, "The quick brown fox jumps over the lazy dog", 5e-3);
 }
 
 /// Past 4096 positions (where candle-transformers' llama stopped) candle
@@ -195,22 +190,14 @@ fn logits_agree_past_4096_positions() {
     let mut spec = TestModelSpec::tiny(TestTokenizer::ByteLevel).with_weights(WeightType::F32);
     spec.context_length = 8192;
     spec.write(&path).unwrap();
-    let candle = CandleModel::load(&path, CandleLoadOptions::default()).unwrap();
     let prompt = "The quick brown fox jumps over the lazy dog. ".repeat(120);
-    let tokens = candle.tokenize_prompt(&prompt).len();
-    assert!(tokens > 4200, "the prompt is {tokens} tokens");
-    let ours = candle.next_token_logits(&prompt).unwrap();
-    let theirs = LlamaCppModel::load(&path, LlamaCppLoadOptions::default())
+    let tokens = CandleModel::load(&path, CandleLoadOptions::default())
         .unwrap()
-        .next_token_logits(&prompt)
-        .unwrap();
-    let difference = relative_difference(&ours, &theirs);
+        .tokenize_prompt(&prompt)
+        .len();
+    assert!(tokens > 4200, "the prompt is {tokens} tokens");
+    let difference = assert_next_token_agrees(&path, &prompt, 1e-2);
     println!("{tokens} tokens: relative logit difference {difference:.2e}");
-    assert!(difference < 1e-2, "relative difference {difference}");
-    assert_eq!(
-        dsrs_local::decode::argmax(&ours),
-        dsrs_local::decode::argmax(&theirs)
-    );
 }
 
 /// qwen2 and qwen3 files (and F16, Q8_0, Q4_K weights) load on both backends,
