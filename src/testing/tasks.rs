@@ -461,6 +461,36 @@ impl Operation {
     }
 }
 
+/// Column arithmetic, units then tens, as the reasoning of the `cot` shape:
+/// `96 + 83`: "6 + 3 = 9, 9 + 8 + 0 = 17, so 96 + 83 = 179";
+/// `71 - 59`: "11 - 9 = 2, 7 - 5 - 1 = 1, so 71 - 59 = 12" (a borrow shows
+/// as the ten added to the units and the 1 taken from the tens). Every step
+/// is one digit fact, which a small model learns far sooner than the whole
+/// sum at once.
+fn written_sum(operation: Operation, a: i32, b: i32) -> String {
+    let (a_tens, a_units, b_tens, b_units) = (a / 10, a % 10, b / 10, b % 10);
+    let result = operation.apply(a, b);
+    match operation {
+        Operation::Add => {
+            let units = a_units + b_units;
+            let carry = units / 10;
+            let tens = a_tens + b_tens + carry;
+            format!(
+                "{a_units} + {b_units} = {units}, {a_tens} + {b_tens} + {carry} = {tens}, so {a} + {b} = {result}"
+            )
+        }
+        Operation::Subtract => {
+            let borrow = i32::from(a_units < b_units);
+            let units = a_units + 10 * borrow - b_units;
+            let tens = a_tens - b_tens - borrow;
+            format!(
+                "{} - {b_units} = {units}, {a_tens} - {b_tens} - {borrow} = {tens}, so {a} - {b} = {result}",
+                a_units + 10 * borrow
+            )
+        }
+    }
+}
+
 /// Two operands under 100 (for subtraction, the first is the larger).
 fn operands(rng: &mut ChaCha8Rng, held_out: bool, operation: Operation) -> (i32, i32) {
     draw(
@@ -554,7 +584,7 @@ fn arithmetic_shape(rng: &mut ChaCha8Rng, reasoning: bool) -> Shape {
             let result = operation.apply(a, b);
             let mut outputs = Vec::new();
             if reasoning {
-                outputs.push(json!(format!("{a} {} {b} = {result}", operation.symbol())));
+                outputs.push(json!(written_sum(operation, a, b)));
             }
             outputs.push(json!(result));
             Question {
@@ -947,5 +977,38 @@ mod tests {
             }
         }
         assert_eq!(stream.every_capital(0).len(), CAPITALS.len());
+    }
+
+    #[test]
+    fn written_sums_go_column_by_column() {
+        let cases = [
+            (
+                Operation::Add,
+                96,
+                83,
+                "6 + 3 = 9, 9 + 8 + 0 = 17, so 96 + 83 = 179",
+            ),
+            (
+                Operation::Add,
+                8,
+                94,
+                "8 + 4 = 12, 0 + 9 + 1 = 10, so 8 + 94 = 102",
+            ),
+            (
+                Operation::Subtract,
+                71,
+                59,
+                "11 - 9 = 2, 7 - 5 - 1 = 1, so 71 - 59 = 12",
+            ),
+            (
+                Operation::Subtract,
+                86,
+                79,
+                "16 - 9 = 7, 8 - 7 - 1 = 0, so 86 - 79 = 7",
+            ),
+        ];
+        for (operation, a, b, written) in cases {
+            assert_eq!(written_sum(operation, a, b), written);
+        }
     }
 }

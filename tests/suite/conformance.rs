@@ -299,7 +299,12 @@ const EXAMPLES_PER_FAMILY: usize = 60;
 const REQUIRED_ACCURACY: f64 = 0.95;
 /// The families the committed model answers to [`REQUIRED_ACCURACY`]
 /// (`specs/tiny-model.md` has the measured accuracy of the others).
-const LEARNED_FAMILIES: &[TaskFamily] = &[TaskFamily::Capital];
+const LEARNED_FAMILIES: &[TaskFamily] = &[
+    TaskFamily::Capital,
+    TaskFamily::Sentiment,
+    TaskFamily::Parity,
+    TaskFamily::Words,
+];
 
 /// The held-out questions of every family: every country once, and
 /// [`EXAMPLES_PER_FAMILY`] of each other family, with zero to two demos.

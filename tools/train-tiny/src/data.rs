@@ -11,7 +11,7 @@ use dsrs_local::prompt::{ChatTemplate, format_chat};
 use dsrs_local::testing::tasks::{TaskExample, TaskFamily, TaskStream};
 use rand::Rng;
 
-use crate::vocab::{END_OF_TURN, SPECIAL_TOKENS};
+use crate::vocab::{END_OF_TURN, SPECIAL_TOKENS, VALUE_END, VALUE_START};
 
 const ASSISTANT_TURN: &str = "<|im_start|>assistant\n";
 const END_OF_TURN_TEXT: &str = "<|im_end|>";
@@ -80,6 +80,21 @@ impl Encoder {
         })
     }
 
+    /// The tokens of `text` as their pieces, `|`-separated (for `--show`).
+    pub fn pieces_of(&self, text: &str) -> String {
+        self.tokenizer
+            .encode(text, false)
+            .iter()
+            .map(|&id| String::from_utf8_lossy(&self.tokenizer.pieces()[id as usize]).into_owned())
+            .collect::<Vec<_>>()
+            .join("|")
+    }
+
+    /// The chat template the examples are rendered with.
+    pub fn template(&self) -> &ChatTemplate {
+        &self.template
+    }
+
     /// The vocabulary size.
     pub fn vocab_size(&self) -> usize {
         self.tokenizer.vocab_size()
@@ -122,32 +137,86 @@ impl Encoder {
     }
 }
 
-/// How often each family is drawn: arithmetic needs the most examples.
-pub const FAMILY_WEIGHTS: [(TaskFamily, u32); 6] = [
-    (TaskFamily::Arithmetic, 10),
-    (TaskFamily::ReasonedArithmetic, 5),
-    (TaskFamily::Capital, 4),
-    (TaskFamily::Sentiment, 3),
-    (TaskFamily::Parity, 2),
-    (TaskFamily::Words, 4),
-];
+/// What training draws: how often each family (in [`TaskFamily::ALL`]
+/// order) and up to how many demos.
+#[derive(Debug, Clone)]
+pub struct Mix {
+    pub weights: [u32; 6],
+    pub max_demos: usize,
+}
 
-/// Draws a training example: a family by weight, zero to three demos.
-pub fn draw_example(stream: &mut TaskStream, rng: &mut impl Rng) -> TaskExample {
-    let total: u32 = FAMILY_WEIGHTS.iter().map(|(_, w)| w).sum();
-    let mut ticket = rng.random_range(0..total);
+impl Default for Mix {
+    fn default() -> Self {
+        Mix {
+            // arithmetic, capital, sentiment, parity, words, arithmetic (cot)
+            weights: [4, 4, 3, 3, 6, 3],
+            max_demos: 7,
+        }
+    }
+}
+
+impl Mix {
+    /// Parses `10,4,3,2,4,5` (weights in [`TaskFamily::ALL`] order).
+    pub fn parse_weights(&mut self, text: &str) -> Result<()> {
+        let weights: Vec<u32> = text
+            .split(',')
+            .map(|w| w.trim().parse::<u32>())
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("--mix: not six numbers: {text}"))?;
+        self.weights = weights
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("--mix needs six weights: {text}"))?;
+        anyhow::ensure!(self.weights.iter().any(|&w| w > 0), "--mix: all zero");
+        Ok(())
+    }
+}
+
+/// Draws a training example: a family by weight, zero to `max_demos` demos
+/// (every demo reply is trained too, so demos multiply the answers a
+/// sequence teaches; the first demo's reply is the zero-demo case).
+pub fn draw_example(stream: &mut TaskStream, rng: &mut impl Rng, mix: &Mix) -> TaskExample {
+    let total: u32 = mix.weights.iter().sum();
+    let mut ticket = rng.random_range(0..total.max(1));
     let mut family = TaskFamily::Arithmetic;
-    for (candidate, weight) in FAMILY_WEIGHTS {
+    for (candidate, weight) in TaskFamily::ALL.into_iter().zip(mix.weights) {
         if ticket < weight {
             family = candidate;
             break;
         }
         ticket -= weight;
     }
-    let demos = if rng.random_bool(0.5) {
-        0
-    } else {
-        rng.random_range(1..=3)
-    };
+    let demos = rng.random_range(0..=mix.max_demos);
     stream.sample(family, demos)
+}
+
+/// The example with every string value (inputs, outputs, demos) wrapped in
+/// [`VALUE_START`]/[`VALUE_END`], so that the vocabulary can tell the
+/// prompt's fixed text from the values in it.
+pub fn mark_values(example: &TaskExample) -> Result<TaskExample> {
+    fn mark(value: &serde_json::Value) -> serde_json::Value {
+        match value {
+            serde_json::Value::String(text) => {
+                serde_json::Value::String(format!("{VALUE_START}{text}{VALUE_END}"))
+            }
+            serde_json::Value::Array(items) => {
+                serde_json::Value::Array(items.iter().map(mark).collect())
+            }
+            other => other.clone(),
+        }
+    }
+    let mark_example = |example: &dspy_rs::Example| {
+        let mut marked = example.clone();
+        for value in marked.data.values_mut() {
+            *value = mark(value);
+        }
+        marked
+    };
+    let mut marked = example.clone();
+    marked.inputs = mark_example(&example.inputs);
+    for value in marked.outputs.values_mut() {
+        *value = mark(value);
+    }
+    let demos = example.signature.demos().iter().map(mark_example).collect();
+    marked.signature.set_demos(demos)?;
+    Ok(marked)
 }

@@ -7,7 +7,8 @@
 //! 1. renders DSPy prompts for the task families of
 //!    `dsrs_local::testing::tasks` through the crate's prompt layer;
 //! 2. learns a BPE vocabulary on them (`vocab.rs`);
-//! 3. trains a small llama on the replies (`model.rs`, candle autograd, CPU);
+//! 3. trains a small llama on the replies (`model.rs`, candle autograd, CPU;
+//!    `--device cuda` in a `--features cuda` build, for trying settings);
 //! 4. writes the GGUF and measures accuracy per family on held-out examples
 //!    through the real `CandleAdapter`.
 //!
@@ -36,7 +37,7 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
-use crate::data::{Encoder, Sequence, draw_example, prompt_and_reply};
+use crate::data::{Encoder, Mix, Sequence, draw_example, mark_values, prompt_and_reply};
 use crate::model::{Dimensions, TinyLlama};
 
 /// Settings, all overridable from the command line (`--name value`).
@@ -52,12 +53,24 @@ struct Settings {
     steps: usize,
     batch: usize,
     learning_rate: f64,
+    /// Share of the vocabulary's merges spent inside words (the rest glue the
+    /// prompt's fixed text).
+    word_share: f64,
+    /// What training draws.
+    mix: Mix,
+    /// Where to train: `cpu`, or `cuda` in a build with `--features cuda`.
+    device: TrainingDevice,
+    /// Evaluate a snapshot every this many steps (0: only at the end).
+    eval_every: usize,
     /// Examples per family in the closing evaluation.
     eval: usize,
     /// Only compare this written model's logits with the candle backend's.
     check: Option<PathBuf>,
     /// Only evaluate this written model.
     evaluate_only: Option<PathBuf>,
+    /// Only print how this many training examples are tokenized (the first
+    /// few in full, tokens split by `|`) and their mean length.
+    show: usize,
     /// Go on training this written model (its vocabulary and weights) instead
     /// of starting from random weights.
     init: Option<PathBuf>,
@@ -69,16 +82,21 @@ impl Default for Settings {
             out: PathBuf::from("models/dsrs-tiny.gguf"),
             seed: 20_261_121,
             vocab: 1024,
-            hidden: 256,
+            hidden: 192,
             layers: 4,
             heads: 4,
-            ffn: 704,
-            steps: 3000,
+            ffn: 512,
+            steps: 2000,
             batch: 16,
-            learning_rate: 2e-3,
+            learning_rate: 1.5e-3,
             eval: 40,
+            word_share: 0.5,
+            mix: Mix::default(),
+            device: TrainingDevice::Cpu,
+            eval_every: 0,
             check: None,
             evaluate_only: None,
+            show: 0,
             init: None,
         }
     }
@@ -111,12 +129,32 @@ impl Settings {
                 "--learning-rate" => settings.learning_rate = value.parse()?,
                 "--check" => settings.check = Some(PathBuf::from(&value)),
                 "--evaluate" => settings.evaluate_only = Some(PathBuf::from(&value)),
+                "--word-share" => settings.word_share = value.parse()?,
+                "--mix" => settings.mix.parse_weights(&value)?,
+                "--demos" => settings.mix.max_demos = number()?,
+                "--device" => {
+                    settings.device = match value.as_str() {
+                        "cpu" => TrainingDevice::Cpu,
+                        "cuda" => TrainingDevice::Cuda,
+                        other => bail!("--device {other}: cpu or cuda"),
+                    }
+                }
+                "--eval-every" => settings.eval_every = number()?,
+                "--show" => settings.show = number()?,
                 "--init" => settings.init = Some(PathBuf::from(&value)),
                 other => bail!("unknown option {other}"),
             }
         }
         Ok(settings)
     }
+}
+
+/// Where the model trains.
+#[derive(Debug, Clone, Copy)]
+enum TrainingDevice {
+    Cpu,
+    /// GPU 0, for trying settings fast (`tools/train-tiny/gpu/`).
+    Cuda,
 }
 
 /// Seed offsets, so each stage draws its own stream.
@@ -172,7 +210,10 @@ async fn run() -> Result<()> {
         started.elapsed()
     );
 
-    let model = train(&settings, &encoder)?;
+    if settings.show > 0 {
+        return show_examples(&settings, &encoder);
+    }
+    let model = train(&settings, &encoder, &metadata).await?;
     write_model(&settings, &model, metadata)?;
     println!(
         "wrote {} ({} bytes) after {:.1?}",
@@ -182,6 +223,34 @@ async fn run() -> Result<()> {
     );
     check_export(&settings.out)?;
     evaluate(&settings).await
+}
+
+/// Prints training examples as the model reads them, and the mean length.
+fn show_examples(settings: &Settings, encoder: &Encoder) -> Result<()> {
+    let mut stream = TaskStream::training(settings.seed + TRAIN_STREAM);
+    let mut rng = ChaCha8Rng::seed_from_u64(settings.seed + SHUFFLE_STREAM);
+    let (mut tokens, mut targets) = (0, 0);
+    for index in 0..settings.show {
+        let example = draw_example(&mut stream, &mut rng, &settings.mix);
+        let sequence = encoder.encode(&example)?;
+        tokens += sequence.tokens.len();
+        targets += sequence.targets.iter().filter(|&&t| t).count();
+        if index < 4 {
+            let (prompt, reply) = prompt_and_reply(encoder.template(), &example)?;
+            println!(
+                "{}\n=> {}\n",
+                encoder.pieces_of(&prompt),
+                encoder.pieces_of(&reply)
+            );
+        }
+    }
+    println!(
+        "{} examples: {:.1} tokens, {:.1} targets each",
+        settings.show,
+        tokens as f64 / settings.show as f64,
+        targets as f64 / settings.show as f64
+    );
+    Ok(())
 }
 
 /// Reads the written file back into the training model and compares its
@@ -197,7 +266,7 @@ fn check_export(path: &std::path::Path) -> Result<()> {
     let mut rng = ChaCha8Rng::seed_from_u64(EVAL_SEED + 1);
     let mut worst = 0.0f32;
     for _ in 0..3 {
-        let example = draw_example(&mut stream, &mut rng);
+        let example = draw_example(&mut stream, &mut rng, &Mix::default());
         let (prompt, _) = prompt_and_reply(&template, &example)?;
         let tokens = served.tokenize_prompt(&prompt);
         let input = Tensor::new(tokens.as_slice(), &device)?.unsqueeze(0)?;
@@ -242,18 +311,25 @@ fn build_vocabulary(
     let template = dsrs_local::prompt::ChatTemplate::chatml("", "<|im_end|>");
     let mut texts = Vec::new();
     for _ in 0..4000 {
-        let example = draw_example(&mut stream, &mut rng);
+        let example = mark_values(&draw_example(&mut stream, &mut rng, &settings.mix))?;
         let (prompt, reply) = prompt_and_reply(&template, &example)?;
         texts.push(prompt);
         texts.push(reply);
     }
-    let metadata = vocab::train(&texts, settings.vocab)?;
+    let metadata = vocab::train(&texts, settings.vocab, settings.word_share)?;
     vocab::write_vocab_only(&metadata, vocab_path)?;
     Ok(metadata)
 }
 
-fn train(settings: &Settings, encoder: &Encoder) -> Result<TinyLlama> {
-    let device = Device::Cpu;
+async fn train(
+    settings: &Settings,
+    encoder: &Encoder,
+    metadata: &std::collections::HashMap<String, Value>,
+) -> Result<TinyLlama> {
+    let device = match settings.device {
+        TrainingDevice::Cpu => Device::Cpu,
+        TrainingDevice::Cuda => Device::new_cuda(0)?,
+    };
     let dims = Dimensions {
         vocab: encoder.vocab_size(),
         hidden: settings.hidden,
@@ -287,7 +363,13 @@ fn train(settings: &Settings, encoder: &Encoder) -> Result<TinyLlama> {
     let warmup = (settings.steps / 20).max(1);
     for step in 0..settings.steps {
         if batches.is_empty() {
-            batches = next_batches(encoder, &mut stream, &mut rng, settings.batch)?;
+            batches = next_batches(
+                encoder,
+                &mut stream,
+                &mut rng,
+                settings.batch,
+                &settings.mix,
+            )?;
         }
         let batch = batches.pop().context("no batch")?;
         tokens_seen += batch.iter().map(|s| s.tokens.len()).sum::<usize>();
@@ -319,6 +401,19 @@ fn train(settings: &Settings, encoder: &Encoder) -> Result<TinyLlama> {
             loss_sum = 0.0;
             loss_count = 0;
         }
+        if settings.eval_every > 0
+            && (step + 1) % settings.eval_every == 0
+            && step + 1 < settings.steps
+        {
+            write_model(settings, &model, metadata.clone())?;
+            println!(
+                "after {} steps, {} tokens, {:.0}s:",
+                step + 1,
+                tokens_seen,
+                started.elapsed().as_secs_f64()
+            );
+            evaluate(settings).await?;
+        }
     }
     Ok(model)
 }
@@ -349,6 +444,9 @@ fn loss_and_gradients(
         let loss = (candle_nn::loss::cross_entropy(&logits, &targets)? * share)?;
         Ok((loss.to_scalar::<f32>()? as f64, loss.backward()?))
     };
+    if !device.is_cpu() {
+        return half_loss(batch);
+    }
     let (first, second) = batch.split_at(batch.len() / 2);
     let (first, second) = std::thread::scope(|scope| {
         let other = scope.spawn(|| half_loss(second));
@@ -376,9 +474,10 @@ fn next_batches(
     stream: &mut TaskStream,
     rng: &mut ChaCha8Rng,
     batch: usize,
+    mix: &Mix,
 ) -> Result<Vec<Vec<Sequence>>> {
     let mut sequences = (0..batch * 32)
-        .map(|_| encoder.encode(&draw_example(stream, rng)))
+        .map(|_| encoder.encode(&draw_example(stream, rng, mix)))
         .collect::<Result<Vec<_>>>()?;
     sequences.sort_by_key(|s| s.tokens.len());
     let mut batches = Vec::new();

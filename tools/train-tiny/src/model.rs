@@ -182,8 +182,8 @@ impl TinyLlama {
             let q = rope(&split_heads(x.matmul(&w("attn_q")?.t()?)?)?, &cos, &sin)?;
             let k = rope(&split_heads(x.matmul(&w("attn_k")?.t()?)?)?, &cos, &sin)?;
             let v = split_heads(x.matmul(&w("attn_v")?.t()?)?)?;
-            let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?.broadcast_add(&mask)?;
-            let attention = candle_nn::ops::softmax(&scores, D::Minus1)?;
+            let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?;
+            let attention = causal_softmax(&scores, &mask)?;
             let mixed = attention
                 .matmul(&v)?
                 .transpose(1, 2)?
@@ -252,6 +252,74 @@ fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let rotated_even = (even.broadcast_mul(&cos)? - odd.broadcast_mul(&sin)?)?;
     let rotated_odd = (even.broadcast_mul(&sin)? + odd.broadcast_mul(&cos)?)?;
     Ok(Tensor::cat(&[rotated_even, rotated_odd], 4)?.reshape((batch, heads, time, head_dim))?)
+}
+
+/// Softmax over the keys of attention scores `[batch, heads, time, time]`,
+/// each query seeing itself and the positions before it. On the CPU one fused
+/// pass (with its own backward): the composed version (mask, max, exp, sum,
+/// divide) spent most of a training step walking these `time²` tensors.
+fn causal_softmax(scores: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    if scores.device().is_cpu() {
+        Ok(scores.contiguous()?.apply_op1(CausalSoftmax)?)
+    } else {
+        Ok(candle_nn::ops::softmax(
+            &scores.broadcast_add(mask)?,
+            D::Minus1,
+        )?)
+    }
+}
+
+struct CausalSoftmax;
+
+impl candle_core::CustomOp1 for CausalSoftmax {
+    fn name(&self) -> &'static str {
+        "causal-softmax"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let candle_core::CpuStorage::F32(values) = storage else {
+            candle_core::bail!("causal softmax: F32 only");
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("causal softmax: not contiguous");
+        };
+        let (_, _, queries, keys) = layout.shape().dims4()?;
+        let mut out = vec![0f32; end - start];
+        for (row, (input, output)) in values[start..end]
+            .chunks(keys)
+            .zip(out.chunks_mut(keys))
+            .enumerate()
+        {
+            let seen = row % queries + 1;
+            let max = input[..seen]
+                .iter()
+                .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            let mut sum = 0.0;
+            for (o, &v) in output[..seen].iter_mut().zip(&input[..seen]) {
+                *o = (v - max).exp();
+                sum += *o;
+            }
+            for o in &mut output[..seen] {
+                *o /= sum;
+            }
+        }
+        Ok((candle_core::CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        // d score = p ⊙ (d p − Σ d p ⊙ p); masked positions have p = 0.
+        let dot = (grad_res * res)?.sum_keepdim(D::Minus1)?;
+        Ok(Some((res * grad_res.broadcast_sub(&dot)?)?))
+    }
 }
 
 fn causal_mask(time: usize, device: &Device) -> Result<Tensor> {
