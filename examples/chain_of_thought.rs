@@ -5,7 +5,9 @@
 //! ```
 //!
 //! Without a path it uses the crate's own small model, `models/dsrs-tiny.gguf`,
-//! whose arithmetic is not reliable yet (`specs/tiny-model.md`).
+//! which learned exactly this: it works the sum column by column
+//! ("7 + 5 = 12, 1 + 2 + 1 = 4, so 17 + 25 = 42") and answers 98 % of held-out
+//! sums and differences right (`specs/tiny-model.md`).
 
 #[path = "common/mod.rs"]
 mod common;

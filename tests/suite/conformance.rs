@@ -304,6 +304,7 @@ const LEARNED_FAMILIES: &[TaskFamily] = &[
     TaskFamily::Sentiment,
     TaskFamily::Parity,
     TaskFamily::Words,
+    TaskFamily::ReasonedArithmetic,
 ];
 
 /// The held-out questions of every family: every country once, and

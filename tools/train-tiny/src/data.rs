@@ -23,7 +23,16 @@ pub struct Sequence {
     /// `targets[i]`: whether `tokens[i]` is written by the model (a reply
     /// token, in a demo or the final turn), so predicting it is trained.
     pub targets: Vec<bool>,
+    /// Plain arithmetic only: each answer digit's index in `tokens`, with the
+    /// probe's labels there (see `probe.rs`).
+    pub probe_labels: Vec<(usize, [u32; PROBE_PLACES])>,
 }
+
+/// The probe's labels, each a digit units first or [`NO_DIGIT`]: the
+/// answer's three places, then the first operand's two, then the second's.
+pub const PROBE_PLACES: usize = 7;
+/// The label of a place the answer does not have.
+pub const NO_DIGIT: u32 = 10;
 
 /// The prompt an adapter would send, and the reply the model should write.
 pub fn prompt_and_reply(
@@ -56,6 +65,11 @@ pub struct Encoder {
     tokenizer: GgufTokenizer,
     /// Bytes each token stands for in the rendered text.
     token_lengths: Vec<usize>,
+    /// The digit each token is, if it is one (digits are never merged).
+    digits: Vec<Option<u32>>,
+    /// Whether each token's text ends in a letter (a digit after it is part
+    /// of a name such as `i32`).
+    letter_ended: Vec<bool>,
 }
 
 impl Encoder {
@@ -73,10 +87,25 @@ impl Encoder {
         for (id, special) in SPECIAL_TOKENS.iter().enumerate() {
             token_lengths[id] = special.len();
         }
+        let digits = tokenizer
+            .pieces()
+            .iter()
+            .map(|piece| match piece.as_slice() {
+                [byte @ b'0'..=b'9'] => Some(u32::from(byte - b'0')),
+                _ => None,
+            })
+            .collect();
+        let letter_ended = tokenizer
+            .pieces()
+            .iter()
+            .map(|piece| piece.last().is_some_and(u8::is_ascii_alphabetic))
+            .collect();
         Ok(Encoder {
             template,
             tokenizer,
             token_lengths,
+            digits,
+            letter_ended,
         })
     }
 
@@ -85,9 +114,14 @@ impl Encoder {
         self.tokenizer
             .encode(text, false)
             .iter()
-            .map(|&id| String::from_utf8_lossy(&self.tokenizer.pieces()[id as usize]).into_owned())
+            .map(|&id| self.token_text(id))
             .collect::<Vec<_>>()
             .join("|")
+    }
+
+    /// The text of one token.
+    pub fn token_text(&self, token: u32) -> String {
+        String::from_utf8_lossy(&self.tokenizer.pieces()[token as usize]).into_owned()
     }
 
     /// The chat template the examples are rendered with.
@@ -110,7 +144,72 @@ impl Encoder {
         targets.extend(std::iter::repeat_n(true, reply_tokens.len() + 1));
         tokens.extend(reply_tokens);
         tokens.push(END_OF_TURN);
-        Ok(Sequence { tokens, targets })
+        let probe_labels = if example.family == TaskFamily::Arithmetic {
+            self.probe_labels(&tokens, &targets)
+        } else {
+            Vec::new()
+        };
+        Ok(Sequence {
+            tokens,
+            targets,
+            probe_labels,
+        })
+    }
+
+    /// The probe's labels at each digit of every plain arithmetic reply
+    /// (a reply that writes one number, the sum or difference of the last two
+    /// numbers of the turn before it).
+    fn probe_labels(&self, tokens: &[u32], targets: &[bool]) -> Vec<(usize, [u32; PROBE_PLACES])> {
+        let mut found = Vec::new();
+        let mut context_start = 0;
+        let mut index = 0;
+        while index < tokens.len() {
+            if !targets[index] {
+                index += 1;
+                continue;
+            }
+            let reply_end = (index..tokens.len())
+                .find(|&i| !targets[i])
+                .unwrap_or(tokens.len());
+            // The operands: the last two numbers before the reply that are
+            // not part of a name (`i32`).
+            let operands: Vec<_> = digit_runs(&self.digits, tokens, context_start..index)
+                .into_iter()
+                .filter(|run| run.start == 0 || !self.letter_ended[tokens[run.start - 1] as usize])
+                .map(|run| self.digits_of(tokens, run))
+                .collect();
+            let replies = digit_runs(&self.digits, tokens, index..reply_end);
+            if let ([.., a, b], [answer_run]) = (operands.as_slice(), replies.as_slice()) {
+                let answer = self.digits_of(tokens, answer_run.clone());
+                let value =
+                    |digits: &[u32]| digits.iter().fold(0i64, |v, &d| v * 10 + i64::from(d));
+                let (a_value, b_value, answer_value) = (value(a), value(b), value(&answer));
+                let consistent =
+                    a_value + b_value == answer_value || a_value - b_value == answer_value;
+                if consistent && a.len() <= 2 && b.len() <= 2 && answer.len() <= 3 {
+                    let mut labels = [NO_DIGIT; PROBE_PLACES];
+                    let places = [(&answer, 0, 3), (a, 3, 2), (b, 5, 2)];
+                    for (digits, first, count) in places {
+                        // Units first within each number.
+                        for (slot, &digit) in labels[first..first + count]
+                            .iter_mut()
+                            .zip(digits.iter().rev())
+                        {
+                            *slot = digit;
+                        }
+                    }
+                    found.extend(answer_run.clone().map(|i| (i, labels)));
+                }
+            }
+            context_start = reply_end;
+            index = reply_end;
+        }
+        found
+    }
+
+    fn digits_of(&self, tokens: &[u32], run: std::ops::Range<usize>) -> Vec<u32> {
+        run.filter_map(|i| self.digits[tokens[i] as usize])
+            .collect()
     }
 
     /// Marks the prompt tokens that start inside a demo's assistant turn.
@@ -137,6 +236,27 @@ impl Encoder {
     }
 }
 
+/// The maximal runs of digit tokens within `span`.
+fn digit_runs(
+    digits: &[Option<u32>],
+    tokens: &[u32],
+    span: std::ops::Range<usize>,
+) -> Vec<std::ops::Range<usize>> {
+    let is_digit = |i: usize| digits[tokens[i] as usize].is_some();
+    let mut runs = Vec::new();
+    let mut at = span.start;
+    while at < span.end {
+        if is_digit(at) {
+            let end = (at..span.end).find(|&i| !is_digit(i)).unwrap_or(span.end);
+            runs.push(at..end);
+            at = end;
+        } else {
+            at += 1;
+        }
+    }
+    runs
+}
+
 /// What training draws: how often each family (in [`TaskFamily::ALL`]
 /// order) and up to how many demos.
 #[derive(Debug, Clone)]
@@ -149,7 +269,7 @@ impl Default for Mix {
     fn default() -> Self {
         Mix {
             // arithmetic, capital, sentiment, parity, words, arithmetic (cot)
-            weights: [4, 4, 3, 3, 6, 3],
+            weights: [5, 1, 1, 1, 5, 6],
             max_demos: 7,
         }
     }

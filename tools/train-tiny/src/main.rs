@@ -7,15 +7,25 @@
 //! 1. renders DSPy prompts for the task families of
 //!    `dsrs_local::testing::tasks` through the crate's prompt layer;
 //! 2. learns a BPE vocabulary on them (`vocab.rs`);
-//! 3. trains a small llama on the replies (`model.rs`, candle autograd, CPU;
-//!    `--device cuda` in a `--features cuda` build, for trying settings);
+//! 3. trains a small llama on the replies (`model.rs`, candle autograd, CPU
+//!    with fused kernels, `fused.rs`; `--device cuda` in a `--features cuda`
+//!    build, for trying settings), with a training-only probe that teaches
+//!    plain arithmetic its intermediate steps (`probe.rs`);
 //! 4. writes the GGUF and measures accuracy per family on held-out examples
 //!    through the real `CandleAdapter`.
 //!
 //! Everything is seeded: the same command writes the same file.
 
 mod data;
+mod fused;
+#[cfg_attr(all(target_os = "linux", target_env = "gnu"), path = "memory_glibc.rs")]
+#[cfg_attr(
+    not(all(target_os = "linux", target_env = "gnu")),
+    path = "memory_other.rs"
+)]
+mod memory;
 mod model;
+mod probe;
 mod vocab;
 
 use std::path::PathBuf;
@@ -39,6 +49,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::data::{Encoder, Mix, Sequence, draw_example, mark_values, prompt_and_reply};
 use crate::model::{Dimensions, TinyLlama};
+use crate::probe::ArithmeticProbe;
 
 /// Settings, all overridable from the command line (`--name value`).
 #[derive(Debug, Clone)]
@@ -53,6 +64,8 @@ struct Settings {
     steps: usize,
     batch: usize,
     learning_rate: f64,
+    /// Weight of the arithmetic probe's loss (`probe.rs`; 0: no probe).
+    probe_weight: f64,
     /// Share of the vocabulary's merges spent inside words (the rest glue the
     /// prompt's fixed text).
     word_share: f64,
@@ -86,9 +99,10 @@ impl Default for Settings {
             layers: 4,
             heads: 4,
             ffn: 512,
-            steps: 2000,
+            steps: 3200,
             batch: 16,
             learning_rate: 1.5e-3,
+            probe_weight: 1.0,
             eval: 40,
             word_share: 0.5,
             mix: Mix::default(),
@@ -129,6 +143,7 @@ impl Settings {
                 "--learning-rate" => settings.learning_rate = value.parse()?,
                 "--check" => settings.check = Some(PathBuf::from(&value)),
                 "--evaluate" => settings.evaluate_only = Some(PathBuf::from(&value)),
+                "--probe-weight" => settings.probe_weight = value.parse()?,
                 "--word-share" => settings.word_share = value.parse()?,
                 "--mix" => settings.mix.parse_weights(&value)?,
                 "--demos" => settings.mix.max_demos = number()?,
@@ -162,11 +177,13 @@ const VOCAB_STREAM: u64 = 1;
 const TRAIN_STREAM: u64 = 2;
 const SHUFFLE_STREAM: u64 = 3;
 const INIT_STREAM: u64 = 4;
+const PROBE_STREAM: u64 = 5;
 /// The evaluation seed is one training never uses (training seeds are the
 /// settings' seed plus the offsets above).
 const EVAL_SEED: u64 = 0x005e_ed0f_e7a1;
 
 fn main() -> Result<()> {
+    memory::keep_freed_memory();
     // Training runs two halves of each batch on two threads; candle's own
     // matmul threads would only contend with them (measured: 2100 against
     // 1100 tokens/s on 2 cores).
@@ -229,26 +246,33 @@ async fn run() -> Result<()> {
 fn show_examples(settings: &Settings, encoder: &Encoder) -> Result<()> {
     let mut stream = TaskStream::training(settings.seed + TRAIN_STREAM);
     let mut rng = ChaCha8Rng::seed_from_u64(settings.seed + SHUFFLE_STREAM);
-    let (mut tokens, mut targets) = (0, 0);
+    let (mut tokens, mut targets, mut probed) = (0, 0, 0);
     for index in 0..settings.show {
         let example = draw_example(&mut stream, &mut rng, &settings.mix);
         let sequence = encoder.encode(&example)?;
         tokens += sequence.tokens.len();
         targets += sequence.targets.iter().filter(|&&t| t).count();
+        probed += sequence.probe_labels.len();
         if index < 4 {
             let (prompt, reply) = prompt_and_reply(encoder.template(), &example)?;
             println!(
-                "{}\n=> {}\n",
+                "{}\n=> {}\nprobe labels (token; answer, first and second operand, units first): {:?}\n",
                 encoder.pieces_of(&prompt),
-                encoder.pieces_of(&reply)
+                encoder.pieces_of(&reply),
+                sequence
+                    .probe_labels
+                    .iter()
+                    .map(|(i, places)| (sequence.tokens[*i], places))
+                    .collect::<Vec<_>>()
             );
         }
     }
     println!(
-        "{} examples: {:.1} tokens, {:.1} targets each",
+        "{} examples: {:.1} tokens, {:.1} targets, {:.1} probed digits each",
         settings.show,
         tokens as f64 / settings.show as f64,
-        targets as f64 / settings.show as f64
+        targets as f64 / settings.show as f64,
+        probed as f64 / settings.show as f64
     );
     Ok(())
 }
@@ -343,8 +367,17 @@ async fn train(
         None => TinyLlama::new(dims, settings.seed + INIT_STREAM, &device)?,
     };
     println!("model: {dims:?}, {} parameters", model.parameter_count());
+    let probe = (settings.probe_weight > 0.0)
+        .then(|| ArithmeticProbe::new(dims.hidden, settings.seed + PROBE_STREAM, &device))
+        .transpose()?;
+    // Everything trained: the model, and the probe if any.
+    let vars: Vec<_> = model
+        .vars()
+        .into_iter()
+        .chain(probe.as_ref().map(ArithmeticProbe::var))
+        .collect();
     let mut optimizer = AdamW::new(
-        model.vars(),
+        vars.clone(),
         ParamsAdamW {
             lr: settings.learning_rate,
             beta1: 0.9,
@@ -353,8 +386,8 @@ async fn train(
             weight_decay: 0.01,
         },
     )?;
+    let probe = probe.map(|probe| (probe, settings.probe_weight));
 
-    let vars = model.vars();
     let mut stream = TaskStream::training(settings.seed + TRAIN_STREAM);
     let mut rng = ChaCha8Rng::seed_from_u64(settings.seed + SHUFFLE_STREAM);
     let mut batches: Vec<Vec<Sequence>> = Vec::new();
@@ -373,7 +406,7 @@ async fn train(
         }
         let batch = batches.pop().context("no batch")?;
         tokens_seen += batch.iter().map(|s| s.tokens.len()).sum::<usize>();
-        let (loss, grads) = loss_and_gradients(&model, &batch, &vars, &device)?;
+        let (loss, grads) = loss_and_gradients(&model, probe.as_ref(), &batch, &vars, &device)?;
         let progress = step as f64 / settings.steps as f64;
         let rate = if step < warmup {
             settings.learning_rate * (step + 1) as f64 / warmup as f64
@@ -421,9 +454,12 @@ async fn train(
 /// The batch's mean loss over its target tokens and the gradients, computed
 /// as two halves on two threads (candle runs most CPU operations on one
 /// thread; the halves use both cores) and summed, each half weighted by its
-/// share of the targets.
+/// share of the targets. With a probe, its loss (times its weight) joins the
+/// objective, each half weighted by its share of the probed positions; the
+/// returned loss is the model's alone.
 fn loss_and_gradients(
     model: &TinyLlama,
+    probe: Option<&(ArithmeticProbe, f64)>,
     batch: &[Sequence],
     vars: &[candle_core::Var],
     device: &Device,
@@ -434,15 +470,28 @@ fn loss_and_gradients(
             .sum()
     };
     let total = targets_of(batch).max(1);
+    let probed = ArithmeticProbe::positions_in(batch).max(1);
     let half_loss = |part: &[Sequence]| -> Result<(f64, GradStore)> {
         let (tokens, positions, targets) = tensors(part, device)?;
         let hidden = model.hidden_states(&tokens)?;
         let (b, t, d) = hidden.dims3()?;
-        let selected = hidden.reshape((b * t, d))?.index_select(&positions, 0)?;
+        let hidden = hidden.reshape((b * t, d))?;
+        let selected = hidden.index_select(&positions, 0)?;
         let logits = model.logits(&selected)?;
         let share = targets_of(part) as f64 / total as f64;
         let loss = (candle_nn::loss::cross_entropy(&logits, &targets)? * share)?;
-        Ok((loss.to_scalar::<f32>()? as f64, loss.backward()?))
+        let reported = loss.to_scalar::<f32>()? as f64;
+        let objective = match probe {
+            Some((probe, weight)) => match probe.loss(&hidden, part, t)? {
+                Some(probe_loss) => {
+                    let share = ArithmeticProbe::positions_in(part) as f64 / probed as f64;
+                    (&loss + (probe_loss * (weight * share))?)?
+                }
+                None => loss,
+            },
+            None => loss,
+        };
+        Ok((reported, objective.backward()?))
     };
     if !device.is_cpu() {
         return half_loss(batch);
@@ -582,4 +631,77 @@ async fn evaluate(settings: &Settings) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::{NO_DIGIT, PROBE_PLACES};
+
+    /// The number whose digits `labels` holds units first.
+    fn number(labels: &[u32]) -> i64 {
+        labels
+            .iter()
+            .rev()
+            .filter(|&&d| d != NO_DIGIT)
+            .fold(0, |v, &d| v * 10 + i64::from(d))
+    }
+
+    /// Every plain arithmetic reply (each demo's and the final one) is
+    /// probed at each digit it writes, with operands and an answer that agree
+    /// with the example; other families are not probed.
+    #[test]
+    fn probe_labels_name_the_operands_and_the_answer() -> Result<()> {
+        let settings = Settings::default();
+        let vocab_path =
+            std::env::temp_dir().join(format!("train-tiny-test-{}.gguf", std::process::id()));
+        build_vocabulary(&settings, &vocab_path)?;
+        let encoder = Encoder::new(&vocab_path);
+        std::fs::remove_file(&vocab_path).ok();
+        let encoder = encoder?;
+        let mut stream = TaskStream::training(1);
+        for demos in 0..4 {
+            for _ in 0..10 {
+                let example = stream.sample(TaskFamily::Arithmetic, demos);
+                let sequence = encoder.encode(&example)?;
+                let mut replies: Vec<Vec<(usize, [u32; PROBE_PLACES])>> = Vec::new();
+                for &(index, labels) in &sequence.probe_labels {
+                    match replies.last_mut() {
+                        Some(reply) if reply.last().is_some_and(|(i, _)| i + 1 == index) => {
+                            reply.push((index, labels))
+                        }
+                        _ => replies.push(vec![(index, labels)]),
+                    }
+                }
+                assert_eq!(replies.len(), demos + 1, "{:?}", sequence.probe_labels);
+                for reply in &replies {
+                    let labels = reply[0].1;
+                    let written: String = reply
+                        .iter()
+                        .map(|&(index, _)| encoder.token_text(sequence.tokens[index]))
+                        .collect();
+                    let answer = number(&labels[..3]);
+                    assert_eq!(written, answer.to_string());
+                    let (a, b) = (number(&labels[3..5]), number(&labels[5..7]));
+                    assert!(a + b == answer || a - b == answer, "{labels:?}");
+                }
+                let answer = number(&replies[demos][0].1[..3]);
+                let expected = example.expected();
+                assert!(
+                    *expected == serde_json::json!(answer)
+                        || *expected == serde_json::json!(answer.to_string()),
+                    "{expected} vs {answer}"
+                );
+            }
+        }
+        for family in [
+            TaskFamily::Capital,
+            TaskFamily::Words,
+            TaskFamily::ReasonedArithmetic,
+        ] {
+            let sequence = encoder.encode(&stream.sample(family, 2))?;
+            assert!(sequence.probe_labels.is_empty());
+        }
+        Ok(())
+    }
 }
