@@ -6,9 +6,8 @@
 //! ```
 //!
 //! Without a path it uses the crate's own small model, `models/dsrs-tiny.gguf`,
-//! which answers plain sums like these right about two times in three (it
-//! prints 0.75 here; with `#[Signature(cot)]` it is right 98 % of the time:
-//! see `specs/tiny-model.md`).
+//! which answers plain sums like these right about two times in three (with
+//! `#[Signature(cot)]`, 98 % of the time: see `specs/tiny-model.md`).
 
 #[path = "common/mod.rs"]
 mod common;

@@ -1,8 +1,9 @@
-//! CPU kernels for the model's element-wise steps, each one pass with its own
-//! backward. Composed from candle's operations, an RMS norm, a rotary
-//! embedding or a causal softmax allocates and walks its tensor five to ten
-//! times forward and more backward, one thread each time; fused, once. The
-//! GPU keeps the composed versions (`model.rs` picks).
+//! CPU kernels for the model's element-wise steps: RMS norm, rotary
+//! embedding, causal softmax and SwiGLU, each one pass forward and (but the
+//! softmax's, a few tensor operations) one pass backward. Composed from
+//! candle's operations, each allocates and walks its tensor five to ten times
+//! forward and more backward, one thread each time. The GPU keeps the
+//! composed versions (`model.rs` picks).
 
 use std::sync::Arc;
 
@@ -36,6 +37,9 @@ impl CustomOp1 for CausalSoftmax {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let values = contiguous_f32(storage, layout)?;
         let (_, _, queries, keys) = layout.shape().dims4()?;
+        if queries != keys {
+            bail!("causal softmax: {queries} queries, {keys} keys");
+        }
         let mut out = vec![0f32; values.len()];
         for (row, (input, output)) in values.chunks(keys).zip(out.chunks_mut(keys)).enumerate() {
             let seen = row % queries + 1;
@@ -93,6 +97,13 @@ impl CustomOp2 for RmsNorm {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let x_values = contiguous_f32(x, x_layout)?;
         let weight = contiguous_f32(weight, weight_layout)?;
+        if x_layout.shape().dims().last() != Some(&weight.len()) {
+            bail!(
+                "rms norm: rows of {:?}, weight of {}",
+                x_layout.shape(),
+                weight.len()
+            );
+        }
         let mut out = vec![0f32; x_values.len()];
         for (input, output) in x_values
             .chunks(weight.len())
@@ -181,13 +192,20 @@ impl CustomOp3 for RmsNormBackward {
     }
 }
 
+/// `cos`/`sin` of `p θ_i`, `[positions, half]` row-major.
+pub struct RopeTables {
+    pub cos: Vec<f32>,
+    pub sin: Vec<f32>,
+    /// `head_dim / 2`: the angles per position.
+    pub half: usize,
+}
+
 /// llama.cpp's "normal" rotary embedding of `[batch, heads, time, head_dim]`:
 /// each adjacent pair `(x[2i], x[2i+1])` at position `p` turns by `p θ_i`.
 /// Its gradient is the same turn backwards.
 #[derive(Clone)]
 pub struct InterleavedRope {
-    /// `cos`/`sin` of `p θ_i`, `[positions, head_dim / 2]` row-major.
-    pub tables: Arc<(Vec<f32>, Vec<f32>)>,
+    pub tables: Arc<RopeTables>,
     /// Turn by `−p θ_i` (the backward pass).
     pub backwards: bool,
 }
@@ -204,12 +222,13 @@ impl CustomOp1 for InterleavedRope {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let values = contiguous_f32(storage, layout)?;
         let (_, _, time, head_dim) = layout.shape().dims4()?;
-        let half = head_dim / 2;
-        let (cos, sin) = &*self.tables;
-        if cos.len() < time * half {
+        let RopeTables { cos, sin, half } = &*self.tables;
+        let half = *half;
+        if head_dim != 2 * half || cos.len() < time * half {
             bail!(
-                "rope: {time} positions, tables for {}",
-                cos.len() / half.max(1)
+                "rope: {time} positions of {head_dim}, tables for {} of {}",
+                cos.len() / half.max(1),
+                2 * half
             );
         }
         let turn = if self.backwards { -1.0 } else { 1.0 };

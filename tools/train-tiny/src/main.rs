@@ -368,7 +368,10 @@ async fn train(
     };
     println!("model: {dims:?}, {} parameters", model.parameter_count());
     let probe = (settings.probe_weight > 0.0)
-        .then(|| ArithmeticProbe::new(dims.hidden, settings.seed + PROBE_STREAM, &device))
+        .then(|| {
+            let seed = settings.seed + PROBE_STREAM;
+            ArithmeticProbe::new(dims.hidden, settings.probe_weight, seed, &device)
+        })
         .transpose()?;
     // Everything trained: the model, and the probe if any.
     let vars: Vec<_> = model
@@ -386,7 +389,6 @@ async fn train(
             weight_decay: 0.01,
         },
     )?;
-    let probe = probe.map(|probe| (probe, settings.probe_weight));
 
     let mut stream = TaskStream::training(settings.seed + TRAIN_STREAM);
     let mut rng = ChaCha8Rng::seed_from_u64(settings.seed + SHUFFLE_STREAM);
@@ -459,7 +461,7 @@ async fn train(
 /// returned loss is the model's alone.
 fn loss_and_gradients(
     model: &TinyLlama,
-    probe: Option<&(ArithmeticProbe, f64)>,
+    probe: Option<&ArithmeticProbe>,
     batch: &[Sequence],
     vars: &[candle_core::Var],
     device: &Device,
@@ -482,10 +484,10 @@ fn loss_and_gradients(
         let loss = (candle_nn::loss::cross_entropy(&logits, &targets)? * share)?;
         let reported = loss.to_scalar::<f32>()? as f64;
         let objective = match probe {
-            Some((probe, weight)) => match probe.loss(&hidden, part, t)? {
+            Some(probe) => match probe.loss(&hidden, part, t)? {
                 Some(probe_loss) => {
                     let share = ArithmeticProbe::positions_in(part) as f64 / probed as f64;
-                    (&loss + (probe_loss * (weight * share))?)?
+                    (&loss + (probe_loss * (probe.loss_weight() * share))?)?
                 }
                 None => loss,
             },

@@ -4,7 +4,8 @@
 //! KiB to a few MiB. glibc serves each with a fresh `mmap` and returns it
 //! with `munmap`, so every step pays page faults and kernel page clearing
 //! for memory it just gave back (15 % of a step in `perf`). Raising the
-//! thresholds makes freed blocks reused instead: 2150 → 2640 tokens/s.
+//! thresholds makes freed blocks reused instead: 2150 → 2640 tokens/s
+//! (measured with the same thresholds set through `GLIBC_TUNABLES`).
 
 /// Serves every allocation up to 32 MiB from the heap, and trims the heap
 /// only beyond 1 GiB free.
@@ -14,6 +15,5 @@ pub fn keep_freed_memory() {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
-        libc::mallopt(libc::M_TOP_PAD, 64 << 20);
     }
 }

@@ -11,7 +11,7 @@ use candle_core::{D, DType, Device, Tensor, Var};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::fused::{CausalSoftmax, InterleavedRope, RmsNorm, SwiGlu};
+use crate::fused::{CausalSoftmax, InterleavedRope, RmsNorm, RopeTables, SwiGlu};
 pub(crate) use rand_distr_free::normal;
 
 /// The model's dimensions.
@@ -41,7 +41,7 @@ pub struct TinyLlama {
     cos: Tensor,
     sin: Tensor,
     /// The same tables as plain values, for the CPU's fused rotary kernel.
-    rope_tables: Arc<(Vec<f32>, Vec<f32>)>,
+    rope_tables: Arc<RopeTables>,
 }
 
 /// Gaussian noise without another dependency: Box–Muller over ChaCha.
@@ -138,7 +138,11 @@ impl TinyLlama {
         device: &Device,
     ) -> Result<Self> {
         let (cos, sin) = rotary_tables(dims.hidden / dims.heads, dims.max_positions, device)?;
-        let rope_tables = Arc::new((cos.flatten_all()?.to_vec1()?, sin.flatten_all()?.to_vec1()?));
+        let rope_tables = Arc::new(RopeTables {
+            cos: cos.flatten_all()?.to_vec1()?,
+            sin: sin.flatten_all()?.to_vec1()?,
+            half: dims.hidden / dims.heads / 2,
+        });
         Ok(TinyLlama {
             dims,
             weights,
@@ -175,9 +179,6 @@ impl TinyLlama {
             .weight("token_embd.weight")?
             .index_select(&tokens.flatten_all()?, 0)?
             .reshape((batch, time, hidden))?;
-        let mask = causal_mask(time, tokens.device())?;
-        let cos = self.cos.narrow(0, 0, time)?;
-        let sin = self.sin.narrow(0, 0, time)?;
         let scale = 1.0 / (head_dim as f64).sqrt();
         for layer in 0..self.dims.layers {
             let w = |part: &str| self.weight(&format!("blk.{layer}.{part}.weight"));
@@ -187,11 +188,11 @@ impl TinyLlama {
                     .transpose(1, 2)?
                     .contiguous()?)
             };
-            let q = self.rope(&split_heads(x.matmul(&w("attn_q")?.t()?)?)?, &cos, &sin)?;
-            let k = self.rope(&split_heads(x.matmul(&w("attn_k")?.t()?)?)?, &cos, &sin)?;
+            let q = self.rope(&split_heads(x.matmul(&w("attn_q")?.t()?)?)?)?;
+            let k = self.rope(&split_heads(x.matmul(&w("attn_k")?.t()?)?)?)?;
             let v = split_heads(x.matmul(&w("attn_v")?.t()?)?)?;
             let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?;
-            let attention = causal_softmax(&scores, &mask)?;
+            let attention = causal_softmax(&scores)?;
             let mixed = attention
                 .matmul(&v)?
                 .transpose(1, 2)?
@@ -209,14 +210,19 @@ impl TinyLlama {
     }
 
     /// The rotary embedding: the fused kernel on the CPU.
-    fn rope(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    fn rope(&self, x: &Tensor) -> Result<Tensor> {
         if x.device().is_cpu() {
             Ok(x.contiguous()?.apply_op1(InterleavedRope {
                 tables: Arc::clone(&self.rope_tables),
                 backwards: false,
             })?)
         } else {
-            rope_composed(x, cos, sin)
+            let time = x.dim(2)?;
+            rope_composed(
+                x,
+                &self.cos.narrow(0, 0, time)?,
+                &self.sin.narrow(0, 0, time)?,
+            )
         }
     }
 
@@ -302,17 +308,18 @@ fn rope_composed(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 /// Softmax over the keys of attention scores `[batch, heads, time, time]`,
 /// each query seeing itself and the positions before it: the fused kernel on
 /// the CPU.
-fn causal_softmax(scores: &Tensor, mask: &Tensor) -> Result<Tensor> {
+fn causal_softmax(scores: &Tensor) -> Result<Tensor> {
     if scores.device().is_cpu() {
         Ok(scores.contiguous()?.apply_op1(CausalSoftmax)?)
     } else {
-        causal_softmax_composed(scores, mask)
+        causal_softmax_composed(scores)
     }
 }
 
-fn causal_softmax_composed(scores: &Tensor, mask: &Tensor) -> Result<Tensor> {
+fn causal_softmax_composed(scores: &Tensor) -> Result<Tensor> {
+    let mask = causal_mask(scores.dim(D::Minus1)?, scores.device())?;
     Ok(candle_nn::ops::softmax(
-        &scores.broadcast_add(mask)?,
+        &scores.broadcast_add(&mask)?,
         D::Minus1,
     )?)
 }
@@ -376,11 +383,10 @@ mod tests {
     fn fused_causal_softmax_matches_the_composed_one() -> Result<()> {
         let time = 5;
         let scores = values(&[2, 3, time, time])?;
-        let mask = causal_mask(time, &Device::Cpu)?;
         assert_same(
             &[&scores],
-            || causal_softmax(&scores, &mask),
-            || causal_softmax_composed(&scores, &mask),
+            || causal_softmax(&scores),
+            || causal_softmax_composed(&scores),
         )
     }
 
@@ -421,10 +427,6 @@ mod tests {
         let x = values(&[2, 2, time, 8])?;
         let cos = model.cos.narrow(0, 0, time)?;
         let sin = model.sin.narrow(0, 0, time)?;
-        assert_same(
-            &[&x],
-            || model.rope(&x, &cos, &sin),
-            || rope_composed(&x, &cos, &sin),
-        )
+        assert_same(&[&x], || model.rope(&x), || rope_composed(&x, &cos, &sin))
     }
 }
