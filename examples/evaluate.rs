@@ -6,8 +6,8 @@
 //! ```
 //!
 //! Without a path it uses the crate's own small model, `models/dsrs-tiny.gguf`,
-//! which answers plain sums like these right about two times in three (with
-//! `#[Signature(cot)]`, 98 % of the time: see `specs/tiny-model.md`).
+//! which answers held-out plain sums like these right every time in the tests
+//! (`specs/tiny-model.md`).
 
 #[path = "common/mod.rs"]
 mod common;

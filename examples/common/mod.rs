@@ -22,9 +22,8 @@ pub fn model_path() -> anyhow::Result<(PathBuf, Option<tempfile::TempDir>)> {
     let own = task_model_path();
     if own.is_file() {
         println!(
-            "No model given: using the crate's own small model {} (it knows capitals, \
-             sentiment, parity, word lists and sums worked column by column; plain sums about \
-             two times in three). \
+            "No model given: using the crate's own small model {} (it knows sums under 100, \
+             plain or worked column by column, capitals, sentiment, parity and word lists). \
              Pass a GGUF path or set DSRS_MODEL for a real model.\n",
             own.display()
         );

@@ -313,7 +313,16 @@ impl TaskExample {
 #[derive(Debug, Clone)]
 pub struct TaskStream {
     rng: ChaCha8Rng,
+    side: Side,
+}
+
+/// Which items a stream asks.
+#[derive(Debug, Clone, Copy)]
+struct Side {
+    /// Only held-out items (otherwise only training ones).
     held_out: bool,
+    /// The share of arithmetic questions drawn from [`is_hard_pair`]'s pairs.
+    hard_arithmetic: f64,
 }
 
 /// One question before it is dressed as a signature call.
@@ -324,8 +333,8 @@ struct Question {
     outputs: Vec<Value>,
 }
 
-/// Draws a question (held-out items only when the flag is set).
-type Ask = Box<dyn Fn(&mut ChaCha8Rng, bool) -> Question>;
+/// Draws a question from one side of the held-out split.
+type Ask = Box<dyn Fn(&mut ChaCha8Rng, Side) -> Question>;
 
 /// A signature shape with a way to fill it.
 struct Shape {
@@ -339,8 +348,19 @@ impl TaskStream {
     pub fn training(seed: u64) -> Self {
         TaskStream {
             rng: ChaCha8Rng::seed_from_u64(seed),
-            held_out: false,
+            side: Side {
+                held_out: false,
+                hard_arithmetic: 0.0,
+            },
         }
+    }
+
+    /// The same stream drawing `share` (0 to 1) of its arithmetic questions,
+    /// demos included, from the pairs a small model learns last
+    /// ([`is_hard_pair`]): a training curriculum; the rest stay uniform.
+    pub fn with_hard_arithmetic(mut self, share: f64) -> Self {
+        self.side.hard_arithmetic = share.clamp(0.0, 1.0);
+        self
     }
 
     /// The stream tests draw from: asks only held-out pairs and sentences
@@ -348,7 +368,10 @@ impl TaskStream {
     pub fn held_out(seed: u64) -> Self {
         TaskStream {
             rng: ChaCha8Rng::seed_from_u64(seed),
-            held_out: true,
+            side: Side {
+                held_out: true,
+                hard_arithmetic: 0.0,
+            },
         }
     }
 
@@ -371,11 +394,15 @@ impl TaskStream {
     fn fill(&mut self, family: TaskFamily, shape: Shape, demos: usize) -> TaskExample {
         let demo_examples: Vec<Example> = (0..demos)
             .map(|_| {
-                let question = (shape.ask)(&mut self.rng, false);
+                let demo_side = Side {
+                    held_out: false,
+                    ..self.side
+                };
+                let question = (shape.ask)(&mut self.rng, demo_side);
                 example_of(&shape.signature, &question).as_demo()
             })
             .collect();
-        let question = (shape.ask)(&mut self.rng, self.held_out);
+        let question = (shape.ask)(&mut self.rng, self.side);
         let mut example = example_of(&shape.signature, &question);
         example.signature.demos = demo_examples;
         example.family = family;
@@ -492,20 +519,47 @@ fn written_sum(operation: Operation, a: i32, b: i32) -> String {
 }
 
 /// Two operands under 100 (for subtraction, the first is the larger).
-fn operands(rng: &mut ChaCha8Rng, held_out: bool, operation: Operation) -> (i32, i32) {
+fn operands(rng: &mut ChaCha8Rng, side: Side, operation: Operation) -> (i32, i32) {
+    // Decided before drawing, so a stream with no share draws as it always did.
+    let hard = side.hard_arithmetic > 0.0 && rng.random_bool(side.hard_arithmetic);
     draw(
         rng,
-        held_out,
+        side.held_out,
         |(a, b)| format!("{}{a}{b}", operation.symbol()),
-        |rng| {
+        |rng| loop {
             let a = rng.random_range(0..100);
             let b = rng.random_range(0..100);
-            match operation {
+            let pair = match operation {
                 Operation::Add => (a, b),
                 Operation::Subtract => (a.max(b), a.min(b)),
+            };
+            if !hard || is_hard_pair(operation, pair) {
+                return pair;
             }
         },
     )
+}
+
+/// The pairs whose answers a small model gets right last (what the trained
+/// model missed): a carry or borrow at its boundary (`99 + 41`: units sum to
+/// ten; `81 - 51`: equal units), a sum at the hundreds boundary, a one-digit
+/// result of a subtraction, or a one-digit operand (whose digit sits where a
+/// tens digit usually does).
+fn is_hard_pair(operation: Operation, (a, b): (i32, i32)) -> bool {
+    let (a_tens, a_units, b_tens, b_units) = (a / 10, a % 10, b / 10, b % 10);
+    let one_digit_operand = a < 10 || b < 10;
+    match operation {
+        Operation::Add => {
+            let units = a_units + b_units;
+            let tens = a_tens + b_tens + units / 10;
+            one_digit_operand || matches!(units, 9 | 10) || matches!(tens, 9 | 10)
+        }
+        Operation::Subtract => {
+            let borrow = i32::from(a_units < b_units);
+            let units_gap = a_units - b_units;
+            one_digit_operand || matches!(units_gap, -1 | 0) || a_tens - b_tens - borrow == 0
+        }
+    }
 }
 
 fn shape(family: TaskFamily, rng: &mut ChaCha8Rng) -> Shape {
@@ -579,8 +633,8 @@ fn arithmetic_shape(rng: &mut ChaCha8Rng, reasoning: bool) -> Shape {
     Shape {
         signature: signature.output(output, FieldType::Integer, ""),
         answer_field: output.into(),
-        ask: Box::new(move |rng, held_out| {
-            let (a, b) = operands(rng, held_out, operation);
+        ask: Box::new(move |rng, side| {
+            let (a, b) = operands(rng, side, operation);
             let result = operation.apply(a, b);
             let mut outputs = Vec::new();
             if reasoning {
@@ -608,13 +662,13 @@ fn arithmetic_question_shape(rng: &mut ChaCha8Rng) -> Shape {
             .input("question", FieldType::Text, "")
             .output("answer", answer_type, ""),
         answer_field: "answer".into(),
-        ask: Box::new(move |rng, held_out| {
+        ask: Box::new(move |rng, side| {
             let operation = if rng.random_bool(0.5) {
                 Operation::Add
             } else {
                 Operation::Subtract
             };
-            let (a, b) = operands(rng, held_out, operation);
+            let (a, b) = operands(rng, side, operation);
             let result = operation.apply(a, b);
             let question = match (operation, rng.random_range(0..3)) {
                 (Operation::Add, 0) => format!("What is {a} plus {b}?"),
@@ -780,8 +834,8 @@ fn sentiment_shape(rng: &mut ChaCha8Rng) -> Shape {
             .input(input, FieldType::Text, "")
             .output(output, output_type, desc),
         answer_field: output.into(),
-        ask: Box::new(move |rng, held_out| {
-            let (sentence, positive) = sentiment_sentence(rng, held_out);
+        ask: Box::new(move |rng, side| {
+            let (sentence, positive) = sentiment_sentence(rng, side.held_out);
             let answer = match (as_label, positive) {
                 (true, true) => json!("positive"),
                 (true, false) => json!("negative"),
@@ -878,8 +932,8 @@ fn words_shape(rng: &mut ChaCha8Rng) -> Shape {
             .input(input, FieldType::Text, "")
             .output(output, FieldType::TextList, ""),
         answer_field: output.into(),
-        ask: Box::new(|rng, held_out| {
-            let (sentence, words) = plain_sentence(rng, held_out);
+        ask: Box::new(|rng, side| {
+            let (sentence, words) = plain_sentence(rng, side.held_out);
             Question {
                 inputs: vec![json!(sentence)],
                 outputs: vec![json!(words)],
@@ -957,6 +1011,82 @@ mod tests {
                 assert_eq!(test.signature.demos.len(), 2);
             }
         }
+    }
+
+    /// The two operands and the integer answers of an arithmetic example or
+    /// demo asked with two number fields.
+    fn operands_and_answers(example: &Example) -> Option<(i32, i32, Vec<i64>)> {
+        let [a, b] = example.input_keys.as_slice() else {
+            return None;
+        };
+        let number = |key: &String| example.data.get(key)?.as_i64();
+        let answers = example
+            .output_keys
+            .iter()
+            .filter_map(|key| example.data.get(key)?.as_i64())
+            .collect();
+        Some((
+            i32::try_from(number(a)?).ok()?,
+            i32::try_from(number(b)?).ok()?,
+            answers,
+        ))
+    }
+
+    #[test]
+    fn a_hard_arithmetic_share_of_one_draws_only_hard_pairs() {
+        let mut hard = TaskStream::training(5).with_hard_arithmetic(1.0);
+        let mut checked = 0;
+        for family in [TaskFamily::Arithmetic, TaskFamily::ReasonedArithmetic] {
+            for _ in 0..100 {
+                let example = hard.sample(family, 3);
+                let mut asked = example.inputs.clone();
+                asked.data.extend(example.outputs.clone());
+                asked.output_keys = example.outputs.keys().cloned().collect();
+                for item in example.signature.demos.iter().chain([&asked]) {
+                    let Some((a, b, answers)) = operands_and_answers(item) else {
+                        continue;
+                    };
+                    let operation = if answers.contains(&i64::from(a + b)) {
+                        Operation::Add
+                    } else {
+                        Operation::Subtract
+                    };
+                    assert!(is_hard_pair(operation, (a, b)), "{a} {b} {answers:?}");
+                    checked += 1;
+                }
+            }
+        }
+        assert!(
+            checked > 400,
+            "only {checked} pairs asked with number fields"
+        );
+    }
+
+    #[test]
+    fn a_hard_arithmetic_share_of_zero_changes_nothing() {
+        let mut plain = TaskStream::training(9);
+        let mut zero = TaskStream::training(9).with_hard_arithmetic(0.0);
+        for family in TaskFamily::ALL {
+            for demos in 0..3 {
+                let (a, b) = (plain.sample(family, demos), zero.sample(family, demos));
+                assert_eq!(a.inputs.data, b.inputs.data);
+                assert_eq!(a.outputs, b.outputs);
+                let demo_data = |e: &TaskExample| -> Vec<HashMap<String, Value>> {
+                    e.signature.demos.iter().map(|d| d.data.clone()).collect()
+                };
+                assert_eq!(demo_data(&a), demo_data(&b));
+            }
+        }
+        // `is_hard_pair` picks some pairs, not all (or the test above would
+        // prove nothing): about half of the uniform ones.
+        let hard = (0..100)
+            .flat_map(|a| (0..100).map(move |b| (a, b)))
+            .filter(|&pair| is_hard_pair(Operation::Add, pair))
+            .count();
+        assert!(
+            (3000..7000).contains(&hard),
+            "{hard} of 10000 sums are hard"
+        );
     }
 
     #[test]

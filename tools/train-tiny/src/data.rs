@@ -26,6 +26,10 @@ pub struct Sequence {
     /// Plain arithmetic only: each answer digit's index in `tokens`, with the
     /// probe's labels there (see `probe.rs`).
     pub probe_labels: Vec<(usize, [u32; PROBE_PLACES])>,
+    /// Chain-of-thought arithmetic only: every digit its replies write
+    /// (reasoning and answer), with the same labels as a plain reply of that
+    /// sum would have.
+    pub reasoning_probe_labels: Vec<(usize, [u32; PROBE_PLACES])>,
 }
 
 /// The probe's labels, each a digit units first or [`NO_DIGIT`]: the
@@ -144,22 +148,32 @@ impl Encoder {
         targets.extend(std::iter::repeat_n(true, reply_tokens.len() + 1));
         tokens.extend(reply_tokens);
         tokens.push(END_OF_TURN);
-        let probe_labels = if example.family == TaskFamily::Arithmetic {
-            self.probe_labels(&tokens, &targets)
-        } else {
-            Vec::new()
+        let (probe_labels, reasoning_probe_labels) = match example.family {
+            TaskFamily::Arithmetic => (self.probe_labels(&tokens, &targets, false), Vec::new()),
+            TaskFamily::ReasonedArithmetic => {
+                (Vec::new(), self.probe_labels(&tokens, &targets, true))
+            }
+            _ => (Vec::new(), Vec::new()),
         };
         Ok(Sequence {
             tokens,
             targets,
             probe_labels,
+            reasoning_probe_labels,
         })
     }
 
-    /// The probe's labels at each digit of every plain arithmetic reply
-    /// (a reply that writes one number, the sum or difference of the last two
-    /// numbers of the turn before it).
-    fn probe_labels(&self, tokens: &[u32], targets: &[bool]) -> Vec<(usize, [u32; PROBE_PLACES])> {
+    /// The probe's labels at each digit of every arithmetic reply: a reply
+    /// whose last number is the sum or difference of the last two numbers of
+    /// the turn before it. A plain reply writes that one number; with
+    /// `reasoning`, the reply may write others before it, and every digit it
+    /// writes is probed.
+    fn probe_labels(
+        &self,
+        tokens: &[u32],
+        targets: &[bool],
+        reasoning: bool,
+    ) -> Vec<(usize, [u32; PROBE_PLACES])> {
         let mut found = Vec::new();
         let mut context_start = 0;
         let mut index = 0;
@@ -179,7 +193,12 @@ impl Encoder {
                 .map(|run| self.digits_of(tokens, run))
                 .collect();
             let replies = digit_runs(&self.digits, tokens, index..reply_end);
-            if let ([.., a, b], [answer_run]) = (operands.as_slice(), replies.as_slice()) {
+            let answer_run = match replies.as_slice() {
+                [only] => Some(only),
+                [.., last] if reasoning => Some(last),
+                _ => None,
+            };
+            if let ([.., a, b], Some(answer_run)) = (operands.as_slice(), answer_run) {
                 let answer = self.digits_of(tokens, answer_run.clone());
                 let value =
                     |digits: &[u32]| digits.iter().fold(0i64, |v, &d| v * 10 + i64::from(d));
@@ -198,7 +217,11 @@ impl Encoder {
                             *slot = digit;
                         }
                     }
-                    found.extend(answer_run.clone().map(|i| (i, labels)));
+                    found.extend(
+                        replies
+                            .iter()
+                            .flat_map(|run| run.clone().map(|i| (i, labels))),
+                    );
                 }
             }
             context_start = reply_end;
@@ -269,7 +292,7 @@ impl Default for Mix {
     fn default() -> Self {
         Mix {
             // arithmetic, capital, sentiment, parity, words, arithmetic (cot)
-            weights: [5, 1, 1, 1, 5, 6],
+            weights: [10, 1, 1, 1, 5, 4],
             max_demos: 7,
         }
     }

@@ -5,7 +5,8 @@
 //! ```
 //!
 //! 1. renders DSPy prompts for the task families of
-//!    `dsrs_local::testing::tasks` through the crate's prompt layer;
+//!    `dsrs_local::testing::tasks` through the crate's prompt layer (half
+//!    the arithmetic pairs from the hard ones, `--hard-arithmetic`);
 //! 2. learns a BPE vocabulary on them (`vocab.rs`);
 //! 3. trains a small llama on the replies (`model.rs`, candle autograd, CPU
 //!    with fused kernels, `fused.rs`; `--device cuda` in a `--features cuda`
@@ -49,7 +50,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::data::{Encoder, Mix, Sequence, draw_example, mark_values, prompt_and_reply};
 use crate::model::{Dimensions, TinyLlama};
-use crate::probe::ArithmeticProbe;
+use crate::probe::{ArithmeticProbe, ProbedReplies};
 
 /// Settings, all overridable from the command line (`--name value`).
 #[derive(Debug, Clone)]
@@ -64,8 +65,13 @@ struct Settings {
     steps: usize,
     batch: usize,
     learning_rate: f64,
-    /// Weight of the arithmetic probe's loss (`probe.rs`; 0: no probe).
+    /// Weight of the arithmetic probe's loss on plain replies (`probe.rs`).
     probe_weight: f64,
+    /// Weight of its loss on chain-of-thought replies (both 0: no probe).
+    reasoning_probe_weight: f64,
+    /// Share of arithmetic questions drawn from the hard pairs
+    /// (`TaskStream::with_hard_arithmetic`).
+    hard_arithmetic: f64,
     /// Share of the vocabulary's merges spent inside words (the rest glue the
     /// prompt's fixed text).
     word_share: f64,
@@ -99,10 +105,12 @@ impl Default for Settings {
             layers: 4,
             heads: 4,
             ffn: 512,
-            steps: 3200,
+            steps: 4000,
             batch: 16,
             learning_rate: 1.5e-3,
             probe_weight: 1.0,
+            reasoning_probe_weight: 0.0,
+            hard_arithmetic: 0.5,
             eval: 40,
             word_share: 0.5,
             mix: Mix::default(),
@@ -144,6 +152,8 @@ impl Settings {
                 "--check" => settings.check = Some(PathBuf::from(&value)),
                 "--evaluate" => settings.evaluate_only = Some(PathBuf::from(&value)),
                 "--probe-weight" => settings.probe_weight = value.parse()?,
+                "--reasoning-probe-weight" => settings.reasoning_probe_weight = value.parse()?,
+                "--hard-arithmetic" => settings.hard_arithmetic = value.parse()?,
                 "--word-share" => settings.word_share = value.parse()?,
                 "--mix" => settings.mix.parse_weights(&value)?,
                 "--demos" => settings.mix.max_demos = number()?,
@@ -244,7 +254,8 @@ async fn run() -> Result<()> {
 
 /// Prints training examples as the model reads them, and the mean length.
 fn show_examples(settings: &Settings, encoder: &Encoder) -> Result<()> {
-    let mut stream = TaskStream::training(settings.seed + TRAIN_STREAM);
+    let mut stream = TaskStream::training(settings.seed + TRAIN_STREAM)
+        .with_hard_arithmetic(settings.hard_arithmetic);
     let mut rng = ChaCha8Rng::seed_from_u64(settings.seed + SHUFFLE_STREAM);
     let (mut tokens, mut targets, mut probed) = (0, 0, 0);
     for index in 0..settings.show {
@@ -252,7 +263,7 @@ fn show_examples(settings: &Settings, encoder: &Encoder) -> Result<()> {
         let sequence = encoder.encode(&example)?;
         tokens += sequence.tokens.len();
         targets += sequence.targets.iter().filter(|&&t| t).count();
-        probed += sequence.probe_labels.len();
+        probed += sequence.probe_labels.len() + sequence.reasoning_probe_labels.len();
         if index < 4 {
             let (prompt, reply) = prompt_and_reply(encoder.template(), &example)?;
             println!(
@@ -262,6 +273,7 @@ fn show_examples(settings: &Settings, encoder: &Encoder) -> Result<()> {
                 sequence
                     .probe_labels
                     .iter()
+                    .chain(&sequence.reasoning_probe_labels)
                     .map(|(i, places)| (sequence.tokens[*i], places))
                     .collect::<Vec<_>>()
             );
@@ -367,10 +379,15 @@ async fn train(
         None => TinyLlama::new(dims, settings.seed + INIT_STREAM, &device)?,
     };
     println!("model: {dims:?}, {} parameters", model.parameter_count());
-    let probe = (settings.probe_weight > 0.0)
+    let probe = (settings.probe_weight > 0.0 || settings.reasoning_probe_weight > 0.0)
         .then(|| {
-            let seed = settings.seed + PROBE_STREAM;
-            ArithmeticProbe::new(dims.hidden, settings.probe_weight, seed, &device)
+            ArithmeticProbe::new(
+                dims.hidden,
+                settings.probe_weight,
+                settings.reasoning_probe_weight,
+                settings.seed + PROBE_STREAM,
+                &device,
+            )
         })
         .transpose()?;
     // Everything trained: the model, and the probe if any.
@@ -379,8 +396,8 @@ async fn train(
         .into_iter()
         .chain(probe.as_ref().map(ArithmeticProbe::var))
         .collect();
-    let mut optimizer = AdamW::new(
-        vars.clone(),
+    let mut optimizer = SplitAdamW::new(
+        &vars,
         ParamsAdamW {
             lr: settings.learning_rate,
             beta1: 0.9,
@@ -390,7 +407,8 @@ async fn train(
         },
     )?;
 
-    let mut stream = TaskStream::training(settings.seed + TRAIN_STREAM);
+    let mut stream = TaskStream::training(settings.seed + TRAIN_STREAM)
+        .with_hard_arithmetic(settings.hard_arithmetic);
     let mut rng = ChaCha8Rng::seed_from_u64(settings.seed + SHUFFLE_STREAM);
     let mut batches: Vec<Vec<Sequence>> = Vec::new();
     let started = Instant::now();
@@ -418,7 +436,7 @@ async fn train(
                 * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()))
         };
         optimizer.set_learning_rate(rate);
-        optimizer.step(&grads)?;
+        optimizer.step(&grads, &device)?;
 
         loss_sum += loss;
         loss_count += 1;
@@ -453,6 +471,56 @@ async fn train(
     Ok(model)
 }
 
+/// AdamW over two halves of the weights, stepped on two threads on the CPU
+/// (each weight's update depends on nothing else, so this is the same
+/// arithmetic as one optimizer; one thread left a core idle for 4 % of a step).
+struct SplitAdamW {
+    halves: [AdamW; 2],
+}
+
+impl SplitAdamW {
+    fn new(vars: &[candle_core::Var], params: ParamsAdamW) -> Result<Self> {
+        // Largest first, each to the lighter half.
+        let mut sorted: Vec<_> = vars.to_vec();
+        sorted.sort_by_key(|var| std::cmp::Reverse(var.elem_count()));
+        let mut halves: [(Vec<candle_core::Var>, usize); 2] = Default::default();
+        for var in sorted {
+            let lighter = usize::from(halves[1].1 < halves[0].1);
+            halves[lighter].1 += var.elem_count();
+            halves[lighter].0.push(var);
+        }
+        let [(first, _), (second, _)] = halves;
+        Ok(SplitAdamW {
+            halves: [
+                AdamW::new(first, params.clone())?,
+                AdamW::new(second, params)?,
+            ],
+        })
+    }
+
+    fn set_learning_rate(&mut self, rate: f64) {
+        for half in &mut self.halves {
+            half.set_learning_rate(rate);
+        }
+    }
+
+    fn step(&mut self, grads: &GradStore, device: &Device) -> Result<()> {
+        let [first, second] = &mut self.halves;
+        if !device.is_cpu() {
+            first.step(grads)?;
+            return Ok(second.step(grads)?);
+        }
+        std::thread::scope(|scope| {
+            let other = scope.spawn(|| second.step(grads));
+            first.step(grads)?;
+            other
+                .join()
+                .map_err(|_| anyhow::anyhow!("an optimiser thread panicked"))??;
+            Ok(())
+        })
+    }
+}
+
 /// The batch's mean loss over its target tokens and the gradients, computed
 /// as two halves on two threads (candle runs most CPU operations on one
 /// thread; the halves use both cores) and summed, each half weighted by its
@@ -472,7 +540,7 @@ fn loss_and_gradients(
             .sum()
     };
     let total = targets_of(batch).max(1);
-    let probed = ArithmeticProbe::positions_in(batch).max(1);
+    let probed = |replies| ArithmeticProbe::positions_in(batch, replies).max(1);
     let half_loss = |part: &[Sequence]| -> Result<(f64, GradStore)> {
         let (tokens, positions, targets) = tensors(part, device)?;
         let hidden = model.hidden_states(&tokens)?;
@@ -483,22 +551,26 @@ fn loss_and_gradients(
         let share = targets_of(part) as f64 / total as f64;
         let loss = (candle_nn::loss::cross_entropy(&logits, &targets)? * share)?;
         let reported = loss.to_scalar::<f32>()? as f64;
-        let objective = match probe {
-            Some(probe) => match probe.loss(&hidden, part, t)? {
-                Some(probe_loss) => {
-                    let share = ArithmeticProbe::positions_in(part) as f64 / probed as f64;
-                    (&loss + (probe_loss * (probe.loss_weight() * share))?)?
+        let mut objective = loss;
+        if let Some(probe) = probe {
+            for replies in [ProbedReplies::Plain, ProbedReplies::Reasoning] {
+                let weight = probe.loss_weight(replies);
+                if weight == 0.0 {
+                    continue;
                 }
-                None => loss,
-            },
-            None => loss,
-        };
+                if let Some(probe_loss) = probe.loss(&hidden, part, t, replies)? {
+                    let share = ArithmeticProbe::positions_in(part, replies) as f64
+                        / probed(replies) as f64;
+                    objective = (objective + (probe_loss * (weight * share))?)?;
+                }
+            }
+        }
         Ok((reported, objective.backward()?))
     };
     if !device.is_cpu() {
         return half_loss(batch);
     }
-    let (first, second) = batch.split_at(batch.len() / 2);
+    let (first, second) = batch.split_at(balanced_split(batch));
     let (first, second) = std::thread::scope(|scope| {
         let other = scope.spawn(|| half_loss(second));
         let mine = half_loss(first);
@@ -516,6 +588,24 @@ fn loss_and_gradients(
         grads.insert(var, sum);
     }
     Ok((loss_a + loss_b, grads))
+}
+
+/// Where to cut `batch` so its two parts, each padded to its longest
+/// sequence, cost the two threads about the same: a batch is sorted by
+/// length, so halving it by count gives the longer half more work.
+fn balanced_split(batch: &[Sequence]) -> usize {
+    // Per padded row: the matrix products grow with the length, attention
+    // with its square (about 1150 tokens' worth of products at this width).
+    let cost = |part: &[Sequence]| -> f64 {
+        let time = part.iter().map(|s| s.tokens.len()).max().unwrap_or(0) as f64;
+        part.len() as f64 * time * (1.0 + time / 1150.0)
+    };
+    (1..batch.len())
+        .min_by(|&a, &b| {
+            let worst = |k: usize| cost(&batch[..k]).max(cost(&batch[k..]));
+            worst(a).total_cmp(&worst(b))
+        })
+        .unwrap_or(batch.len() / 2)
 }
 
 /// Draws 32 batches' worth of sequences, groups sequences of similar length
@@ -652,15 +742,63 @@ mod tests {
     /// Every plain arithmetic reply (each demo's and the final one) is
     /// probed at each digit it writes, with operands and an answer that agree
     /// with the example; other families are not probed.
-    #[test]
-    fn probe_labels_name_the_operands_and_the_answer() -> Result<()> {
+    /// An encoder with the default settings' vocabulary.
+    fn test_encoder(name: &str) -> Result<Encoder> {
         let settings = Settings::default();
-        let vocab_path =
-            std::env::temp_dir().join(format!("train-tiny-test-{}.gguf", std::process::id()));
+        let vocab_path = std::env::temp_dir().join(format!(
+            "train-tiny-test-{name}-{}.gguf",
+            std::process::id()
+        ));
         build_vocabulary(&settings, &vocab_path)?;
         let encoder = Encoder::new(&vocab_path);
         std::fs::remove_file(&vocab_path).ok();
-        let encoder = encoder?;
+        encoder
+    }
+
+    /// Every chain-of-thought reply is probed at each digit it writes, all
+    /// with the labels of its sum: the last reply's name the example's
+    /// answer.
+    #[test]
+    fn reasoning_probe_labels_cover_every_digit_of_each_reply() -> Result<()> {
+        let encoder = test_encoder("reasoning")?;
+        let mut stream = TaskStream::training(2);
+        for demos in 0..4 {
+            let example = stream.sample(TaskFamily::ReasonedArithmetic, demos);
+            let sequence = encoder.encode(&example)?;
+            assert!(sequence.probe_labels.is_empty());
+            let written_digits: Vec<usize> = (0..sequence.tokens.len())
+                .filter(|&i| sequence.targets[i])
+                .filter(|&i| {
+                    let text = encoder.token_text(sequence.tokens[i]);
+                    text.len() == 1 && text.as_bytes()[0].is_ascii_digit()
+                })
+                .collect();
+            let probed: Vec<usize> = sequence
+                .reasoning_probe_labels
+                .iter()
+                .map(|&(i, _)| i)
+                .collect();
+            assert_eq!(probed, written_digits);
+            for (_, labels) in &sequence.reasoning_probe_labels {
+                let (answer, a, b) = (
+                    number(&labels[..3]),
+                    number(&labels[3..5]),
+                    number(&labels[5..7]),
+                );
+                assert!(a + b == answer || a - b == answer, "{labels:?}");
+            }
+            let (_, last) = sequence
+                .reasoning_probe_labels
+                .last()
+                .context("no probed digit")?;
+            assert_eq!(*example.expected(), serde_json::json!(number(&last[..3])));
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn probe_labels_name_the_operands_and_the_answer() -> Result<()> {
+        let encoder = test_encoder("plain")?;
         let mut stream = TaskStream::training(1);
         for demos in 0..4 {
             for _ in 0..10 {

@@ -15,6 +15,10 @@
 //! answer the probe are the ones the real digits need: with it, arithmetic
 //! alone reached 82 % after 2500 steps and a loss of 0.0005 by step 4850
 //! (specs/tiny-model.md). The probe is not part of the written model.
+//!
+//! It can read chain-of-thought replies too, at every digit they write, with
+//! the labels of their sum (`--reasoning-probe-weight`; off in the recipe,
+//! which it did not improve).
 
 use anyhow::Result;
 use candle_core::{Device, Tensor, Var};
@@ -26,24 +30,55 @@ use crate::data::{NO_DIGIT, PROBE_PLACES, Sequence};
 /// Classes of one place: the ten digits and "no such place".
 const PLACE_CLASSES: usize = NO_DIGIT as usize + 1;
 
-/// The probe: a linear head and the weight of its loss in the objective.
+/// Which replies a probe term reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbedReplies {
+    /// Plain arithmetic: the answer's digits.
+    Plain,
+    /// Chain-of-thought arithmetic: every digit of the reasoning and answer.
+    Reasoning,
+}
+
+impl ProbedReplies {
+    /// The probed positions of `sequence` and their labels.
+    pub fn labels_of(self, sequence: &Sequence) -> &[(usize, [u32; PROBE_PLACES])] {
+        match self {
+            ProbedReplies::Plain => &sequence.probe_labels,
+            ProbedReplies::Reasoning => &sequence.reasoning_probe_labels,
+        }
+    }
+}
+
+/// The probe: a linear head and the weight of its loss in the objective for
+/// each kind of reply it reads.
 pub struct ArithmeticProbe {
     /// `[places × classes, hidden]`.
     head: Var,
-    loss_weight: f64,
+    plain_weight: f64,
+    reasoning_weight: f64,
 }
 
 impl ArithmeticProbe {
-    /// A probe with seeded random weights, its loss counted `loss_weight`
-    /// times.
-    pub fn new(hidden: usize, loss_weight: f64, seed: u64, device: &Device) -> Result<Self> {
+    /// A probe with seeded random weights, its loss on plain replies counted
+    /// `plain_weight` times and on reasoned ones `reasoning_weight` times.
+    pub fn new(
+        hidden: usize,
+        plain_weight: f64,
+        reasoning_weight: f64,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Self> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let rows = PROBE_PLACES * PLACE_CLASSES;
         let values: Vec<f32> = (0..rows * hidden)
             .map(|_| crate::model::normal(&mut rng, 0.02))
             .collect();
         let head = Var::from_tensor(&Tensor::from_vec(values, (rows, hidden), device)?)?;
-        Ok(ArithmeticProbe { head, loss_weight })
+        Ok(ArithmeticProbe {
+            head,
+            plain_weight,
+            reasoning_weight,
+        })
     }
 
     /// The head, for the optimiser.
@@ -51,24 +86,33 @@ impl ArithmeticProbe {
         self.head.clone()
     }
 
-    /// How many times its loss counts against the model's.
-    pub fn loss_weight(&self) -> f64 {
-        self.loss_weight
+    /// How many times its loss on `replies` counts against the model's.
+    pub fn loss_weight(&self, replies: ProbedReplies) -> f64 {
+        match replies {
+            ProbedReplies::Plain => self.plain_weight,
+            ProbedReplies::Reasoning => self.reasoning_weight,
+        }
     }
 
-    /// The number of probed positions in `batch`.
-    pub fn positions_in(batch: &[Sequence]) -> usize {
-        batch.iter().map(|s| s.probe_labels.len()).sum()
+    /// The number of positions of `batch` probed in `replies`.
+    pub fn positions_in(batch: &[Sequence], replies: ProbedReplies) -> usize {
+        batch.iter().map(|s| replies.labels_of(s).len()).sum()
     }
 
-    /// The mean cross-entropy of the probe over every probed position of
-    /// `batch`, read from `hidden` (`[batch × time, hidden]`, rows padded to
-    /// `time`); `None` when the batch has no plain arithmetic answer.
-    pub fn loss(&self, hidden: &Tensor, batch: &[Sequence], time: usize) -> Result<Option<Tensor>> {
+    /// The mean cross-entropy of the probe over the positions of `batch`
+    /// probed in `replies`, read from `hidden` (`[batch × time, hidden]`,
+    /// rows padded to `time`); `None` when the batch has none.
+    pub fn loss(
+        &self,
+        hidden: &Tensor,
+        batch: &[Sequence],
+        time: usize,
+        replies: ProbedReplies,
+    ) -> Result<Option<Tensor>> {
         let mut rows = Vec::new();
         let mut labels = Vec::new();
         for (row, sequence) in batch.iter().enumerate() {
-            for (index, places) in &sequence.probe_labels {
+            for (index, places) in replies.labels_of(sequence) {
                 // The state that predicts the digit at `index`.
                 rows.push((row * time + index - 1) as u32);
                 labels.extend_from_slice(places);
