@@ -9,9 +9,10 @@
 //!    the arithmetic pairs from the hard ones, `--hard-arithmetic`);
 //! 2. learns a BPE vocabulary on them (`vocab.rs`);
 //! 3. trains a small llama on the replies (`model.rs`, candle autograd, CPU
-//!    with fused kernels, `fused.rs`; `--device cuda` in a `--features cuda`
-//!    build, for trying settings), with a training-only probe that teaches
-//!    plain arithmetic its intermediate steps (`probe.rs`);
+//!    with fused kernels, `fused.rs`, each step over both cores, `step.rs`;
+//!    `--device cuda` in a `--features cuda` build, for trying settings),
+//!    with a training-only probe that teaches plain arithmetic its
+//!    intermediate steps (`probe.rs`);
 //! 4. writes the GGUF and measures accuracy per family on held-out examples
 //!    through the real `CandleAdapter`.
 //!
@@ -27,18 +28,19 @@ mod fused;
 mod memory;
 mod model;
 mod probe;
+mod step;
 mod vocab;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::mpsc::{Receiver, sync_channel};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use candle_core::backprop::GradStore;
 use candle_core::quantized::GgmlDType;
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::{Device, Tensor};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use candle_nn::ParamsAdamW;
 use dsrs_local::testing::tasks::{TaskFamily, TaskStream, score};
 use dsrs_local::testing::{TestModelSpec, TestTokenizer};
 use dsrs_local::{
@@ -50,7 +52,8 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::data::{Encoder, Mix, Sequence, draw_example, mark_values, prompt_and_reply};
 use crate::model::{Dimensions, TinyLlama};
-use crate::probe::{ArithmeticProbe, ProbedReplies};
+use crate::probe::ArithmeticProbe;
+use crate::step::{Objective, Stepper};
 
 /// Settings, all overridable from the command line (`--name value`).
 #[derive(Debug, Clone)]
@@ -101,7 +104,7 @@ impl Default for Settings {
             out: PathBuf::from("models/dsrs-tiny.gguf"),
             seed: 20_261_121,
             vocab: 1024,
-            hidden: 192,
+            hidden: 160,
             layers: 4,
             heads: 4,
             ffn: 512,
@@ -229,7 +232,7 @@ async fn run() -> Result<()> {
         }
         None => build_vocabulary(&settings, &vocab_path)?,
     };
-    let encoder = Encoder::new(&vocab_path)?;
+    let encoder = Arc::new(Encoder::new(&vocab_path)?);
     std::fs::remove_file(&vocab_path).ok();
     println!(
         "vocabulary: {} tokens ({:.1?})",
@@ -359,7 +362,7 @@ fn build_vocabulary(
 
 async fn train(
     settings: &Settings,
-    encoder: &Encoder,
+    encoder: &Arc<Encoder>,
     metadata: &std::collections::HashMap<String, Value>,
 ) -> Result<TinyLlama> {
     let device = match settings.device {
@@ -396,8 +399,14 @@ async fn train(
         .into_iter()
         .chain(probe.as_ref().map(ArithmeticProbe::var))
         .collect();
-    let mut optimizer = SplitAdamW::new(
-        &vars,
+    let objective = Objective {
+        model: model.clone(),
+        probe,
+        device,
+    };
+    let mut stepper = Stepper::start(
+        objective,
+        vars,
         ParamsAdamW {
             lr: settings.learning_rate,
             beta1: 0.9,
@@ -407,26 +416,28 @@ async fn train(
         },
     )?;
 
-    let mut stream = TaskStream::training(settings.seed + TRAIN_STREAM)
+    let stream = TaskStream::training(settings.seed + TRAIN_STREAM)
         .with_hard_arithmetic(settings.hard_arithmetic);
-    let mut rng = ChaCha8Rng::seed_from_u64(settings.seed + SHUFFLE_STREAM);
+    let rng = ChaCha8Rng::seed_from_u64(settings.seed + SHUFFLE_STREAM);
+    let batch_sets = make_batches_ahead(
+        Arc::clone(encoder),
+        stream,
+        rng,
+        settings.batch,
+        settings.mix.clone(),
+    )?;
     let mut batches: Vec<Vec<Sequence>> = Vec::new();
     let started = Instant::now();
     let (mut loss_sum, mut loss_count, mut tokens_seen) = (0.0f64, 0usize, 0usize);
     let warmup = (settings.steps / 20).max(1);
     for step in 0..settings.steps {
         if batches.is_empty() {
-            batches = next_batches(
-                encoder,
-                &mut stream,
-                &mut rng,
-                settings.batch,
-                &settings.mix,
-            )?;
+            batches = batch_sets
+                .recv()
+                .context("the batch-making thread has stopped")??;
         }
         let batch = batches.pop().context("no batch")?;
         tokens_seen += batch.iter().map(|s| s.tokens.len()).sum::<usize>();
-        let (loss, grads) = loss_and_gradients(&model, probe.as_ref(), &batch, &vars, &device)?;
         let progress = step as f64 / settings.steps as f64;
         let rate = if step < warmup {
             settings.learning_rate * (step + 1) as f64 / warmup as f64
@@ -435,10 +446,7 @@ async fn train(
             settings.learning_rate
                 * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()))
         };
-        optimizer.set_learning_rate(rate);
-        optimizer.step(&grads, &device)?;
-
-        loss_sum += loss;
+        loss_sum += stepper.step(batch, rate)?;
         loss_count += 1;
         if (step + 1) % 50 == 0 || step + 1 == settings.steps {
             let elapsed = started.elapsed().as_secs_f64();
@@ -471,141 +479,32 @@ async fn train(
     Ok(model)
 }
 
-/// AdamW over two halves of the weights, stepped on two threads on the CPU
-/// (each weight's update depends on nothing else, so this is the same
-/// arithmetic as one optimizer; one thread left a core idle for 4 % of a step).
-struct SplitAdamW {
-    halves: [AdamW; 2],
-}
-
-impl SplitAdamW {
-    fn new(vars: &[candle_core::Var], params: ParamsAdamW) -> Result<Self> {
-        // Largest first, each to the lighter half.
-        let mut sorted: Vec<_> = vars.to_vec();
-        sorted.sort_by_key(|var| std::cmp::Reverse(var.elem_count()));
-        let mut halves: [(Vec<candle_core::Var>, usize); 2] = Default::default();
-        for var in sorted {
-            let lighter = usize::from(halves[1].1 < halves[0].1);
-            halves[lighter].1 += var.elem_count();
-            halves[lighter].0.push(var);
-        }
-        let [(first, _), (second, _)] = halves;
-        Ok(SplitAdamW {
-            halves: [
-                AdamW::new(first, params.clone())?,
-                AdamW::new(second, params)?,
-            ],
-        })
-    }
-
-    fn set_learning_rate(&mut self, rate: f64) {
-        for half in &mut self.halves {
-            half.set_learning_rate(rate);
-        }
-    }
-
-    fn step(&mut self, grads: &GradStore, device: &Device) -> Result<()> {
-        let [first, second] = &mut self.halves;
-        if !device.is_cpu() {
-            first.step(grads)?;
-            return Ok(second.step(grads)?);
-        }
-        std::thread::scope(|scope| {
-            let other = scope.spawn(|| second.step(grads));
-            first.step(grads)?;
-            other
-                .join()
-                .map_err(|_| anyhow::anyhow!("an optimiser thread panicked"))??;
-            Ok(())
-        })
-    }
-}
-
-/// The batch's mean loss over its target tokens and the gradients, computed
-/// as two halves on two threads (candle runs most CPU operations on one
-/// thread; the halves use both cores) and summed, each half weighted by its
-/// share of the targets. With a probe, its loss (times its weight) joins the
-/// objective, each half weighted by its share of the probed positions; the
-/// returned loss is the model's alone.
-fn loss_and_gradients(
-    model: &TinyLlama,
-    probe: Option<&ArithmeticProbe>,
-    batch: &[Sequence],
-    vars: &[candle_core::Var],
-    device: &Device,
-) -> Result<(f64, GradStore)> {
-    let targets_of = |part: &[Sequence]| -> usize {
-        part.iter()
-            .map(|s| s.targets.iter().skip(1).filter(|&&t| t).count())
-            .sum()
-    };
-    let total = targets_of(batch).max(1);
-    let probed = |replies| ArithmeticProbe::positions_in(batch, replies).max(1);
-    let half_loss = |part: &[Sequence]| -> Result<(f64, GradStore)> {
-        let (tokens, positions, targets) = tensors(part, device)?;
-        let hidden = model.hidden_states(&tokens)?;
-        let (b, t, d) = hidden.dims3()?;
-        let hidden = hidden.reshape((b * t, d))?;
-        let selected = hidden.index_select(&positions, 0)?;
-        let logits = model.logits(&selected)?;
-        let share = targets_of(part) as f64 / total as f64;
-        let loss = (candle_nn::loss::cross_entropy(&logits, &targets)? * share)?;
-        let reported = loss.to_scalar::<f32>()? as f64;
-        let mut objective = loss;
-        if let Some(probe) = probe {
-            for replies in [ProbedReplies::Plain, ProbedReplies::Reasoning] {
-                let weight = probe.loss_weight(replies);
-                if weight == 0.0 {
-                    continue;
-                }
-                if let Some(probe_loss) = probe.loss(&hidden, part, t, replies)? {
-                    let share = ArithmeticProbe::positions_in(part, replies) as f64
-                        / probed(replies) as f64;
-                    objective = (objective + (probe_loss * (weight * share))?)?;
+/// Draws batches on a thread of its own, one set of 32 ahead of training,
+/// so neither training thread waits for them (drawing took 2 % of the
+/// training thread's time); the same draws in the same order as on the
+/// training thread.
+fn make_batches_ahead(
+    encoder: Arc<Encoder>,
+    mut stream: TaskStream,
+    mut rng: ChaCha8Rng,
+    batch: usize,
+    mix: Mix,
+) -> Result<Receiver<Result<Vec<Vec<Sequence>>>>> {
+    let (sets, receiver) = sync_channel(1);
+    std::thread::Builder::new()
+        .name("train-batches".into())
+        .spawn(move || {
+            loop {
+                let set = next_batches(&encoder, &mut stream, &mut rng, batch, &mix);
+                let failed = set.is_err();
+                // Training has ended (the receiver is gone) or cannot go on.
+                if sets.send(set).is_err() || failed {
+                    return;
                 }
             }
-        }
-        Ok((reported, objective.backward()?))
-    };
-    if !device.is_cpu() {
-        return half_loss(batch);
-    }
-    let (first, second) = batch.split_at(balanced_split(batch));
-    let (first, second) = std::thread::scope(|scope| {
-        let other = scope.spawn(|| half_loss(second));
-        let mine = half_loss(first);
-        (mine, other.join())
-    });
-    let (loss_a, mut grads) = first?;
-    let (loss_b, grads_b) = second.map_err(|_| anyhow::anyhow!("a training thread panicked"))??;
-    for var in vars {
-        let sum = match (grads.get(var), grads_b.get(var)) {
-            (Some(a), Some(b)) => (a + b)?,
-            (Some(a), None) => a.clone(),
-            (None, Some(b)) => b.clone(),
-            (None, None) => continue,
-        };
-        grads.insert(var, sum);
-    }
-    Ok((loss_a + loss_b, grads))
-}
-
-/// Where to cut `batch` so its two parts, each padded to its longest
-/// sequence, cost the two threads about the same: a batch is sorted by
-/// length, so halving it by count gives the longer half more work.
-fn balanced_split(batch: &[Sequence]) -> usize {
-    // Per padded row: the matrix products grow with the length, attention
-    // with its square (about 1150 tokens' worth of products at this width).
-    let cost = |part: &[Sequence]| -> f64 {
-        let time = part.iter().map(|s| s.tokens.len()).max().unwrap_or(0) as f64;
-        part.len() as f64 * time * (1.0 + time / 1150.0)
-    };
-    (1..batch.len())
-        .min_by(|&a, &b| {
-            let worst = |k: usize| cost(&batch[..k]).max(cost(&batch[k..]));
-            worst(a).total_cmp(&worst(b))
         })
-        .unwrap_or(batch.len() / 2)
+        .context("starting the batch-making thread")?;
+    Ok(receiver)
 }
 
 /// Draws 32 batches' worth of sequences, groups sequences of similar length
@@ -628,33 +527,6 @@ fn next_batches(
     }
     batches.shuffle(rng);
     Ok(batches)
-}
-
-/// The padded token matrix, the flat positions whose next token is a
-/// target, and those targets.
-fn tensors(batch: &[Sequence], device: &Device) -> Result<(Tensor, Tensor, Tensor)> {
-    let time = batch.iter().map(|s| s.tokens.len()).max().unwrap_or(1);
-    let mut tokens = Vec::with_capacity(batch.len() * time);
-    let mut positions = Vec::new();
-    let mut targets = Vec::new();
-    for (row, sequence) in batch.iter().enumerate() {
-        tokens.extend_from_slice(&sequence.tokens);
-        tokens.extend(std::iter::repeat_n(
-            vocab::END_OF_TURN,
-            time - sequence.tokens.len(),
-        ));
-        for (index, &is_target) in sequence.targets.iter().enumerate().skip(1) {
-            if is_target {
-                positions.push((row * time + index - 1) as u32);
-                targets.push(sequence.tokens[index]);
-            }
-        }
-    }
-    Ok((
-        Tensor::from_vec(tokens, (batch.len(), time), device)?,
-        Tensor::new(positions, device)?,
-        Tensor::new(targets, device)?,
-    ))
 }
 
 fn write_model(

@@ -35,6 +35,7 @@ const NORM_EPS: f64 = 1e-5;
 const ROPE_BASE: f32 = 10_000.0;
 
 /// The trainable model: every weight is a named [`Var`].
+#[derive(Clone)]
 pub struct TinyLlama {
     pub dims: Dimensions,
     weights: Vec<(String, Var)>,

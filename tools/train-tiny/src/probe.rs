@@ -51,6 +51,7 @@ impl ProbedReplies {
 
 /// The probe: a linear head and the weight of its loss in the objective for
 /// each kind of reply it reads.
+#[derive(Clone)]
 pub struct ArithmeticProbe {
     /// `[places × classes, hidden]`.
     head: Var,
