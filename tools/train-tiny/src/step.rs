@@ -5,10 +5,7 @@
 //! they come free; the parts' gradients are summed in their order, and the
 //! optimiser is split into two halves of the weights stepped side by side.
 //! The worker lives through the whole training: a thread spawned for each
-//! step (as before) cost 24 ms a step to start and end, and handed its
-//! allocator's heaps back to the system at its end (glibc frees a thread
-//! arena's emptied heaps whatever the trim threshold), so the next step
-//! faulted that memory in again.
+//! step (as before) cost 24 ms a step to start and end.
 //!
 //! On a GPU everything runs on this thread, the batch as one part.
 
