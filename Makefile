@@ -12,8 +12,9 @@ demo: deps
 	cargo run --example llamacpp_qa
 	cargo run --example candle_qa
 
-# The whole test suite.
+# The whole test suite (with the Python clients' venv, made once).
 test: deps
+	bash .ci/python-env
 	cargo test
 
 # The throughput benchmark (issue 8): builds llama-bench/llama-server and a

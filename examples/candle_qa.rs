@@ -17,7 +17,8 @@ use std::time::Instant;
 
 use anyhow::Context;
 use dspy_rs::{Predict, Predictor, Signature, configure, example};
-use dsrs_local::{CandleAdapter, CandleConfig, CandleLoadOptions, CandleModel, local_lm};
+use dsrs_local::LocalModel as _;
+use dsrs_local::{CandleAdapter, CandleConfig, CandleLoadOptions, CandleModel};
 
 #[Signature]
 struct QA {
@@ -36,18 +37,17 @@ async fn main() -> anyhow::Result<()> {
     let model = CandleModel::load(&path, CandleLoadOptions::default())
         .with_context(|| format!("loading {}", path.display()))?;
     println!(
-        "Loaded {} ({} on {:?}) in {:.2?}",
+        "Loaded {} ({} on {}) in {:.2?}",
         path.display(),
-        model.architecture(),
+        model.card().architecture(),
         model.device(),
         started.elapsed()
     );
 
     let config = CandleConfig::default().with_generation(common::generation(scratch.is_some()));
-    configure(
-        local_lm().await?,
-        CandleAdapter::from_loaded_model(Arc::new(model), config),
-    );
+    let adapter = CandleAdapter::from_loaded_model(Arc::new(model), config);
+    // The LM dspy-rs wants beside the adapter: served by the same model.
+    configure(adapter.lm().await?, adapter);
 
     let question = "What is the capital of France?";
     let started = Instant::now();
@@ -55,7 +55,10 @@ async fn main() -> anyhow::Result<()> {
         .forward(example! { "question": "input" => question })
         .await?;
     println!("Question: {question}");
-    println!("Answer:   {}", prediction.get("answer", None));
+    println!(
+        "Answer:   {}",
+        common::plain(prediction.get("answer", None))
+    );
     println!(
         "({} prompt + {} completion tokens in {:.2?})",
         prediction.lm_usage.prompt_tokens,

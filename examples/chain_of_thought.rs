@@ -15,7 +15,6 @@ mod common;
 mod llama_cpp_setup;
 
 use dspy_rs::{Predict, Predictor, Signature, configure, example};
-use dsrs_local::local_lm;
 
 #[Signature(cot)]
 struct Arithmetic {
@@ -31,13 +30,17 @@ struct Arithmetic {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let (adapter, _scratch) = llama_cpp_setup::llama_cpp_adapter()?;
-    configure(local_lm().await?, adapter);
+    let configured = adapter;
+    configure(configured.lm().await?, configured);
 
     let prediction = Predict::new(Arithmetic::new())
         .forward(example! { "a": "input" => 17, "b": "input" => 25 })
         .await?;
     println!("17 + 25");
-    println!("reasoning: {}", prediction.get("reasoning", None));
+    println!(
+        "reasoning: {}",
+        common::plain(prediction.get("reasoning", None))
+    );
     println!(
         "sum:       {} (an i32, as declared)",
         prediction.get("sum", None)

@@ -24,6 +24,7 @@ fn main() -> anyhow::Result<()> {
             .iter()
             .filter(|a| !usable_only || a.usable())
             .map(|a| DeviceBudget {
+                id: a.id(),
                 name: a.label(),
                 available: a.memory.available(),
             })

@@ -19,7 +19,6 @@ use std::time::Instant;
 use dspy_rs::{
     Evaluator, Example, Module, Predict, Prediction, Predictor, Signature, configure, example,
 };
-use dsrs_local::local_lm;
 
 #[Signature]
 struct Add {
@@ -56,7 +55,8 @@ impl Evaluator for Adder {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let (adapter, _scratch) = llama_cpp_setup::llama_cpp_adapter()?;
-    configure(local_lm().await?, adapter);
+    let configured = adapter;
+    configure(configured.lm().await?, configured);
 
     let dataset: Vec<Example> = [
         (2, 3),

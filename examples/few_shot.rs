@@ -15,7 +15,6 @@ mod llama_cpp_setup;
 use std::sync::Arc;
 
 use dspy_rs::{MetaSignature, Signature, adapter::Adapter, example};
-use dsrs_local::local_lm;
 
 #[Signature]
 struct Capital {
@@ -44,8 +43,8 @@ async fn main() -> anyhow::Result<()> {
         prompt.len()
     );
 
-    let lm = Arc::new(local_lm().await?);
+    let lm = Arc::new(adapter.lm().await?);
     let prediction = adapter.call(lm, &signature, inputs, vec![]).await?;
-    println!("Peru → {}", prediction.get("capital", None));
+    println!("Peru → {}", common::plain(prediction.get("capital", None)));
     Ok(())
 }

@@ -16,7 +16,8 @@ use std::time::Instant;
 
 use anyhow::Context;
 use dspy_rs::{Predict, Predictor, Signature, configure, example};
-use dsrs_local::{LlamaCppAdapter, LlamaCppConfig, LlamaCppLoadOptions, LlamaCppModel, local_lm};
+use dsrs_local::LocalModel as _;
+use dsrs_local::{LlamaCppAdapter, LlamaCppConfig, LlamaCppLoadOptions, LlamaCppModel};
 
 #[Signature]
 struct QA {
@@ -37,15 +38,14 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "Loaded {} ({}) in {:.2?}",
         path.display(),
-        model.architecture(),
+        model.card().architecture(),
         started.elapsed()
     );
 
     let config = LlamaCppConfig::default().with_generation(common::generation(scratch.is_some()));
-    configure(
-        local_lm().await?,
-        LlamaCppAdapter::from_loaded_model(Arc::new(model), config),
-    );
+    let adapter = LlamaCppAdapter::from_loaded_model(Arc::new(model), config);
+    // The LM dspy-rs wants beside the adapter: served by the same model.
+    configure(adapter.lm().await?, adapter);
 
     let question = "What is the capital of France?";
     let started = Instant::now();
@@ -53,7 +53,10 @@ async fn main() -> anyhow::Result<()> {
         .forward(example! { "question": "input" => question })
         .await?;
     println!("Question: {question}");
-    println!("Answer:   {}", prediction.get("answer", None));
+    println!(
+        "Answer:   {}",
+        common::plain(prediction.get("answer", None))
+    );
     println!(
         "({} prompt + {} completion tokens in {:.2?})",
         prediction.lm_usage.prompt_tokens,

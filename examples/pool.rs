@@ -15,7 +15,7 @@ use std::sync::Arc;
 use dspy_rs::{Signature, adapter::Adapter, example};
 use dsrs_local::{
     CandleAdapter, CandleConfig, CandleModel, HardwareManager, LlamaCppAdapter, LlamaCppConfig,
-    LlamaCppModel, ModelPool, ModelSpec, local_lm,
+    LlamaCppModel, ModelPool, ModelSpec,
 };
 
 #[Signature]
@@ -35,21 +35,16 @@ async fn main() -> anyhow::Result<()> {
     println!("{profile}\n");
     let pool = ModelPool::new(profile);
     let spec = ModelSpec::gguf(&path);
-    println!("plan: {}\n", pool.plan(&spec)?);
+    println!("plan (llama.cpp): {}\n", pool.plan::<LlamaCppModel>(&spec)?);
 
-    let lm = Arc::new(local_lm().await?);
     let inputs = example! { "question": "input" => "What is the capital of France?" };
 
     let llama: Arc<LlamaCppModel> = pool.load(spec.clone())?;
     let candle: Arc<CandleModel> = pool.load(spec)?;
+    let llama = LlamaCppAdapter::from_loaded_model(llama, LlamaCppConfig::default());
+    let lm = Arc::new(llama.lm().await?);
     let adapters: Vec<(&str, Box<dyn Adapter>)> = vec![
-        (
-            "llama.cpp",
-            Box::new(LlamaCppAdapter::from_loaded_model(
-                llama,
-                LlamaCppConfig::default(),
-            )),
-        ),
+        ("llama.cpp", Box::new(llama)),
         (
             "candle",
             Box::new(CandleAdapter::from_loaded_model(
@@ -62,7 +57,10 @@ async fn main() -> anyhow::Result<()> {
         let prediction = adapter
             .call(Arc::clone(&lm), &QA::new(), inputs.clone(), vec![])
             .await?;
-        println!("{name:>9}: {}", prediction.get("answer", None));
+        println!(
+            "{name:>9}: {}",
+            common::plain(prediction.get("answer", None))
+        );
     }
     for entry in pool.loaded() {
         println!(

@@ -14,7 +14,6 @@ mod common;
 mod llama_cpp_setup;
 
 use dspy_rs::{Predict, Predictor, Signature, configure, example};
-use dsrs_local::local_lm;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -42,7 +41,8 @@ struct CountryFacts {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let (adapter, _scratch) = llama_cpp_setup::llama_cpp_adapter()?;
-    configure(local_lm().await?, adapter);
+    let configured = adapter;
+    configure(configured.lm().await?, configured);
 
     let prediction = Predict::new(CountryFacts::new())
         .forward(example! { "country": "input" => "Switzerland" })

@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use dspy_rs::adapter::Adapter;
@@ -18,7 +19,7 @@ use rig::tool::ToolDyn;
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
-use crate::backend::{Backend, Generation, GenerationRequest, Sampling};
+use crate::backend::{Backend, Generation, GenerationControl, GenerationRequest, Sampling};
 use crate::prompt::{
     DEFAULT_MAX_TEXT_CHARS, OutputConstraint, SignatureFields, format_chat, parse_reply,
 };
@@ -140,6 +141,7 @@ impl GenerationConfig {
             max_tokens: self.max_tokens.unwrap_or(lm.max_tokens as usize).max(1),
             stop: self.stop.clone(),
             constraint,
+            control: GenerationControl::default(),
         }
     }
 }
@@ -149,6 +151,8 @@ pub struct LocalAdapter<B: Backend> {
     backend: Arc<B>,
     config: GenerationConfig,
     permits: Arc<Semaphore>,
+    /// Calls waiting for a permit.
+    waiting: Arc<AtomicUsize>,
 }
 
 impl<B: Backend> Clone for LocalAdapter<B> {
@@ -157,6 +161,7 @@ impl<B: Backend> Clone for LocalAdapter<B> {
             backend: Arc::clone(&self.backend),
             config: self.config.clone(),
             permits: Arc::clone(&self.permits),
+            waiting: Arc::clone(&self.waiting),
         }
     }
 }
@@ -178,7 +183,34 @@ impl<B: Backend> LocalAdapter<B> {
             backend,
             config,
             permits,
+            waiting: Arc::default(),
         }
+    }
+
+    /// What tells this adapter (and its clones) apart from others while it lives.
+    pub(crate) fn identity(&self) -> usize {
+        Arc::as_ptr(&self.permits) as usize
+    }
+
+    /// A handle that does not keep the adapter (or its model) alive.
+    pub(crate) fn downgrade(&self) -> WeakAdapter<B> {
+        WeakAdapter {
+            backend: Arc::downgrade(&self.backend),
+            config: self.config.clone(),
+            permits: Arc::downgrade(&self.permits),
+            waiting: Arc::clone(&self.waiting),
+        }
+    }
+
+    /// Calls running on the backend now, and calls waiting for one of its
+    /// `max_concurrency` slots (clones of this adapter share both).
+    pub fn occupancy(&self) -> (usize, usize) {
+        let running = self
+            .config
+            .max_concurrency
+            .max(1)
+            .saturating_sub(self.permits.available_permits());
+        (running, self.waiting.load(Ordering::Relaxed))
     }
 
     /// The backend.
@@ -229,17 +261,95 @@ impl<B: Backend> LocalAdapter<B> {
         Ok((data, generation))
     }
 
-    /// Runs a raw generation on the blocking pool, behind the concurrency limit.
+    /// Runs a raw generation on the blocking pool, behind the concurrency
+    /// limit. Dropping the returned future (a timeout, a caller gone) stops
+    /// the generation at its next step and frees what it holds.
     pub async fn generate(&self, request: GenerationRequest) -> Result<Generation> {
-        let _permit = Arc::clone(&self.permits)
-            .acquire_owned()
-            .await
-            .map_err(|e| Error::TaskFailed(e.to_string()))?;
+        let stop_when_dropped = CancelOnDrop(Some(request.control.clone()));
+        // The semaphore is never closed, so acquiring only waits.
+        let waiting = Counted::enter(&self.waiting);
+        let permit = Arc::clone(&self.permits).acquire_owned().await;
+        drop(waiting);
+        let _permit = permit.map_err(|_| Error::Internal {
+            what: "the adapter's concurrency limit was closed",
+        })?;
         let backend = Arc::clone(&self.backend);
-        tokio::task::spawn_blocking(move || backend.generate(&request))
+        let name = backend.name();
+        let result = tokio::task::spawn_blocking(move || backend.generate(&request))
             .await
-            .map_err(|e| Error::TaskFailed(e.to_string()))?
+            .map_err(|e| Error::GenerationPanicked {
+                backend: name,
+                message: panic_message(e),
+            })?;
+        stop_when_dropped.disarm();
+        result
     }
+}
+
+/// An adapter held without keeping it alive ([`LocalAdapter::downgrade`]).
+pub(crate) struct WeakAdapter<B: Backend> {
+    backend: std::sync::Weak<B>,
+    config: GenerationConfig,
+    permits: std::sync::Weak<Semaphore>,
+    waiting: Arc<AtomicUsize>,
+}
+
+impl<B: Backend> WeakAdapter<B> {
+    /// The adapter, while any clone of it exists.
+    pub(crate) fn upgrade(&self) -> Option<LocalAdapter<B>> {
+        Some(LocalAdapter {
+            backend: self.backend.upgrade()?,
+            config: self.config.clone(),
+            permits: self.permits.upgrade()?,
+            waiting: Arc::clone(&self.waiting),
+        })
+    }
+}
+
+/// Counts a call while it lives (a dropped call included).
+struct Counted<'a>(&'a AtomicUsize);
+
+impl<'a> Counted<'a> {
+    fn enter(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Counted(counter)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Cancels a generation unless disarmed: the guard a dropped call leaves behind.
+struct CancelOnDrop(Option<GenerationControl>);
+
+impl CancelOnDrop {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(control) = &self.0 {
+            control.cancel();
+        }
+    }
+}
+
+/// What a failed blocking task said: its panic message, when it had one.
+fn panic_message(error: tokio::task::JoinError) -> String {
+    if !error.is_panic() {
+        return error.to_string();
+    }
+    let payload = error.into_panic();
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic with no message".into())
 }
 
 fn usage(generation: &Generation) -> LmUsage {

@@ -5,9 +5,16 @@
 //! formatting, rendering, parsing, building the output grammar, concurrency
 //! limits, usage accounting — lives once in [`crate::LocalAdapter`].
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use tokio::sync::mpsc;
+
 use crate::Result;
+use crate::gguf::GgufHeader;
+use crate::hardware::{AcceleratorKind, DeviceId};
+use crate::model_card::ModelCard;
 use crate::prompt::{ChatTemplate, OutputConstraint};
 
 /// How the next token is chosen.
@@ -53,6 +60,79 @@ pub struct GenerationRequest {
     pub stop: Vec<String>,
     /// The grammar the reply must follow, if any.
     pub constraint: Option<OutputConstraint>,
+    /// How the caller follows and stops the generation while it runs.
+    pub control: GenerationControl,
+}
+
+impl GenerationRequest {
+    /// A greedy request for `prompt` of at most `max_tokens` tokens, with no
+    /// stop string and no constraint.
+    pub fn new(prompt: impl Into<String>, max_tokens: usize) -> Self {
+        GenerationRequest {
+            prompt: prompt.into(),
+            sampling: Sampling::greedy(),
+            max_tokens,
+            stop: Vec::new(),
+            constraint: None,
+            control: GenerationControl::default(),
+        }
+    }
+}
+
+/// A caller's hold on a running generation: it can stop it, and, when
+/// streaming, receives the reply's text as it is generated.
+///
+/// Clones share the same flag and stream. A backend checks the flag at every
+/// decode step, so a stopped generation ends within one step and frees what
+/// it held ([`FinishReason::Cancelled`]).
+#[derive(Debug, Clone, Default)]
+pub struct GenerationControl {
+    cancelled: Arc<AtomicBool>,
+    text: Option<mpsc::UnboundedSender<String>>,
+}
+
+impl GenerationControl {
+    /// A control that streams: text reaches the returned [`TextStream`] as
+    /// it is confirmed (never a stop string or half a character).
+    pub fn streaming() -> (Self, TextStream) {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let control = GenerationControl {
+            cancelled: Arc::default(),
+            text: Some(sender),
+        };
+        (control, TextStream(receiver))
+    }
+
+    /// Asks the generation to stop at its next step.
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the generation was asked to stop, or its stream's reader is gone.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed) || self.text.as_ref().is_some_and(|s| s.is_closed())
+    }
+
+    /// Sends confirmed reply text to the stream, if there is one.
+    pub(crate) fn emit(&self, text: String) {
+        if let Some(sender) = &self.text
+            && !text.is_empty()
+        {
+            // A reader that went away shows up in `is_cancelled`.
+            let _ = sender.send(text);
+        }
+    }
+}
+
+/// The reply's text as it is generated; ends when the generation ends.
+#[derive(Debug)]
+pub struct TextStream(mpsc::UnboundedReceiver<String>);
+
+impl TextStream {
+    /// The next piece of text, or `None` once the generation has ended.
+    pub async fn next(&mut self) -> Option<String> {
+        self.0.recv().await
+    }
 }
 
 /// Why generation ended.
@@ -64,6 +144,8 @@ pub enum FinishReason {
     Length,
     /// The output grammar reached its end, so nothing more could follow.
     Constraint,
+    /// The caller stopped it ([`GenerationControl::cancel`], or a dropped call).
+    Cancelled,
 }
 
 /// Wall-clock time spent in each phase.
@@ -95,21 +177,109 @@ pub struct Generation {
     pub timings: Timings,
 }
 
+/// A model a backend has loaded: its facts and its tokenizer.
+pub trait LocalModel: Send + Sync + 'static {
+    /// The model's facts (file, architecture, template, vocabulary, context).
+    fn card(&self) -> &ModelCard;
+
+    /// Tokenizes `text` as llama.cpp does (special-token text becomes the
+    /// special token), adding a BOS token only when `add_bos`.
+    fn encode(&self, text: &str, add_bos: bool) -> Vec<u32>;
+
+    /// Tokenizes `text`, adding no BOS.
+    fn tokenize(&self, text: &str) -> Vec<u32> {
+        self.encode(text, false)
+    }
+
+    /// Tokenizes a rendered prompt: a BOS is added only when the model wants
+    /// one and the chat template did not already print it. An empty or
+    /// white-space prompt is [`Error::EmptyPrompt`](crate::Error::EmptyPrompt).
+    fn tokenize_prompt(&self, prompt: &str) -> Result<Vec<u32>> {
+        self.card()
+            .tokenize_prompt(prompt, |text, add_bos| Ok(self.encode(text, add_bos)))
+    }
+}
+
 /// An inference engine with one model loaded.
 ///
 /// Implementations must be cheap to share (`Arc`) and safe to call from many
 /// threads at once; [`generate`](Backend::generate) blocks and is called on
 /// tokio's blocking pool.
 pub trait Backend: Send + Sync + 'static {
-    /// A short name for logs and errors (`"llama.cpp"`, `"candle"`).
-    fn name(&self) -> &'static str;
+    /// The model it runs.
+    fn loaded_model(&self) -> &dyn LocalModel;
 
-    /// The model's chat template (its own, or the ChatML fallback).
-    fn chat_template(&self) -> &ChatTemplate;
-
-    /// Counts the tokens of a rendered prompt the way [`generate`](Backend::generate) would.
-    fn count_tokens(&self, prompt: &str) -> Result<usize>;
+    /// The context window requests run with.
+    fn context_length(&self) -> usize;
 
     /// Runs one generation to the end. Blocking.
     fn generate(&self, request: &GenerationRequest) -> Result<Generation>;
+
+    /// A short name for logs and errors (`"llama.cpp"`, `"candle"`).
+    fn name(&self) -> &'static str {
+        self.loaded_model().card().backend()
+    }
+
+    /// The model's chat template (its own, or its architecture's).
+    fn chat_template(&self) -> &ChatTemplate {
+        self.loaded_model().card().template()
+    }
+
+    /// Counts the tokens of a rendered prompt the way [`generate`](Backend::generate) would.
+    fn count_tokens(&self, prompt: &str) -> Result<usize> {
+        Ok(self.loaded_model().tokenize_prompt(prompt)?.len())
+    }
+}
+
+/// Where a model goes when it loads: the part of a [`LoadPlan`](crate::pool::plan::LoadPlan)
+/// a backend reads. It names no engine, so the pool can plan for any backend
+/// and every backend reads the same facts.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Placement {
+    /// The accelerator that takes the offloaded layers; `None` runs on the CPU.
+    pub device: Option<DeviceId>,
+    /// Repeating layers on that device.
+    pub gpu_layers: u32,
+    /// Layers in the model.
+    pub total_layers: u32,
+    /// Whether the output head is on the device too.
+    pub output_on_device: bool,
+    /// Context length adapters on the model use unless they set one.
+    pub context_length: usize,
+}
+
+impl Placement {
+    /// Everything on the CPU.
+    pub fn cpu(total_layers: u32, context_length: usize) -> Self {
+        Placement {
+            device: None,
+            gpu_layers: 0,
+            total_layers,
+            output_on_device: false,
+            context_length,
+        }
+    }
+
+    /// Whether the whole model (every layer and the output head) is on the device.
+    pub fn whole_model_on_device(&self) -> bool {
+        self.device.is_some() && self.gpu_layers >= self.total_layers && self.output_on_device
+    }
+}
+
+/// A model type a backend loads from a GGUF file: what
+/// [`ModelPool`](crate::ModelPool) is generic over. Each backend's model
+/// implements it; the pool plans, then calls [`load_placed`](Self::load_placed).
+pub trait LoadModel: Send + Sync + Sized + 'static {
+    /// The backend's name (`"llama.cpp"`, `"candle"`).
+    const BACKEND: &'static str;
+
+    /// Whether part of a model can go to a device and the rest stay on the
+    /// CPU (llama.cpp), or a model runs whole on one device (candle).
+    const SPLITS_LAYERS: bool;
+
+    /// Whether this build of the backend can run models on devices of `kind`.
+    fn drives(kind: AcceleratorKind) -> bool;
+
+    /// Loads the file whose header is `header` as `placement` says.
+    fn load_placed(header: &GgufHeader, placement: &Placement) -> Result<Self>;
 }

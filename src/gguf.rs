@@ -108,6 +108,8 @@ pub struct GgufHeader {
     pub tensors: Vec<TensorInfo>,
     /// Size of the file in bytes.
     pub file_size: u64,
+    /// Where tensor data starts (tensor offsets count from here).
+    pub data_offset: u64,
 }
 
 impl GgufHeader {
@@ -115,15 +117,22 @@ impl GgufHeader {
     /// and that every tensor's data lies inside the file.
     pub fn read(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let file = File::open(path).map_err(|e| Error::ModelNotFound {
+        let unreadable = |error: std::io::Error| Error::ModelUnreadable {
             path: path.to_path_buf(),
-            reason: e.to_string(),
+            source: std::sync::Arc::new(error),
+        };
+        let file = File::open(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::ModelNotFound {
+                path: path.to_path_buf(),
+                hint: "no such file".into(),
+            },
+            _ => unreadable(e),
         })?;
         let invalid = |reason: String| Error::InvalidModelFile {
             path: path.to_path_buf(),
             reason,
         };
-        let file_size = file.metadata().map_err(|e| invalid(e.to_string()))?.len();
+        let file_size = file.metadata().map_err(unreadable)?.len();
         let mut reader = Reader {
             inner: BufReader::new(file),
             file_size,
@@ -276,6 +285,7 @@ impl Reader {
             metadata,
             tensors,
             file_size: self.file_size,
+            data_offset: data_start,
         })
     }
 

@@ -1,14 +1,15 @@
 //! Run [dspy-rs](https://crates.io/crates/dspy-rs) programs on local GGUF
-//! models, in-process, with no server.
+//! models, in-process — and serve the same engine over an OpenAI-compatible
+//! API for the parts of dspy-rs that talk HTTP (optimizers, `LM::call`).
 //!
 //! A DSPy program configures an adapter from this crate instead of an HTTP
 //! model; `Predict`, `batch`, `Evaluator` and the rest of dspy-rs run unchanged:
 //!
 //! ```no_run
-//! # #[cfg(feature = "llamacpp")]
+//! # #[cfg(all(feature = "llamacpp", feature = "server"))]
 //! # mod example {
 //! use dspy_rs::{Predict, Predictor, Signature, configure, example};
-//! use dsrs_local::{HardwareManager, LlamaCppAdapter, LlamaCppConfig, ModelPool, ModelSpec, local_lm};
+//! use dsrs_local::{HardwareManager, LlamaCppAdapter, LlamaCppConfig, ModelPool, ModelSpec};
 //!
 //! #[Signature]
 //! struct QA {
@@ -22,7 +23,8 @@
 //! async fn run() -> anyhow::Result<()> {
 //!     let pool = ModelPool::new(HardwareManager::detect());
 //!     let model = pool.load(ModelSpec::named("qwen2.5-0.5b-instruct-q4_k_m.gguf"))?;
-//!     configure(local_lm().await?, LlamaCppAdapter::from_loaded_model(model, LlamaCppConfig::default()));
+//!     let adapter = LlamaCppAdapter::from_loaded_model(model, LlamaCppConfig::default());
+//!     configure(adapter.lm().await?, adapter); // the LM is served by the same model
 //!     let out = Predict::new(QA::new()).forward(example! { "question": "input" => "2+2?" }).await?;
 //!     println!("{}", out.get("answer", None));
 //!     Ok(())
@@ -33,11 +35,13 @@
 //! How the crate is cut:
 //! - [`prompt`]: the DSPy protocol (format, render, parse, output grammar), no backend;
 //! - [`LocalAdapter`]: the one dspy-rs `Adapter`, generic over a [`Backend`];
-//! - [`decode`]: sampling and stopping, shared by every backend;
-//! - [`backends`]: the engines (`llama_cpp`, `candle`), one per feature;
+//! - `decode`: sampling and stopping, shared by every backend (internal);
+//! - [`backends`]: the engines (`llama_cpp`, `candle`), one per feature, over
+//!   what they share (`common`);
 //! - [`hardware`]: what the machine has; [`pool`]: loads sized to it, shared;
 //! - [`lookup`]: finding a model by path, Hugging Face repo or Ollama name;
-//! - [`gguf`]: reading a model file's header without its weights.
+//! - [`gguf`]: reading a model file's header without its weights;
+//! - `server` (feature `server`): the OpenAI-compatible server and `LocalAdapter::lm`.
 //!
 //! | feature | what it adds |
 //! |---|---|
@@ -46,38 +50,52 @@
 //! | `cuda` | CUDA builds of both backends (needs the CUDA toolkit) |
 //! | `vulkan` | Vulkan build of llama.cpp (candle has no Vulkan) |
 //! | `metal` | Metal builds of both backends (macOS) |
+//! | `server` (default) | the OpenAI-compatible server, `LocalAdapter::lm`, the `dsrs-local` binary |
 //! | `test-utils` | a scripted backend and a GGUF model writer for tests |
-#![warn(missing_docs)]
+//! | `task-data` | the task families of the crate's own model (tests, trainer) |
+#![warn(unreachable_pub, clippy::unwrap_used, clippy::print_stdout)]
+// With no backend compiled in, what the backends share has no user; it is
+// still compiled, so that build checks it.
+#![cfg_attr(not(any(feature = "llamacpp", feature = "candle")), allow(dead_code))]
 
 pub mod adapter;
 pub mod backend;
 pub mod backends;
-pub mod decode;
+mod decode;
 mod error;
 pub mod gguf;
 pub mod hardware;
-mod lm;
 pub mod lookup;
+mod model_card;
 pub mod pool;
-pub mod progress;
+mod progress;
 pub mod prompt;
+#[cfg(feature = "server")]
+pub mod server;
 
 #[cfg(feature = "test-utils")]
 pub mod testing;
 
 pub use adapter::{GenerationConfig, LocalAdapter};
-pub use backend::{Backend, FinishReason, Generation, GenerationRequest, Sampling, Timings};
-pub use error::{Error, Result};
+pub use backend::{
+    Backend, FinishReason, Generation, GenerationRequest, LoadModel, LocalModel, Placement,
+    Sampling, Timings,
+};
+pub use error::{Cause, Error, Result, TemplateStage};
 pub use hardware::{HardwareManager, HardwareProfile, compiled_backends};
-pub use lm::{local_lm, local_lm_with};
 pub use lookup::ModelSource;
+pub use model_card::ModelCard;
 pub use pool::{ModelPool, ModelSpec};
 
 #[cfg(feature = "candle")]
 pub use backends::candle::{
     CandleAdapter, CandleConfig, CandleDevice, CandleLoadOptions, CandleModel,
 };
+#[cfg(any(feature = "llamacpp", feature = "candle"))]
+pub use backends::common::{EngineConfig, LoadOptions};
 #[cfg(feature = "llamacpp")]
 pub use backends::llama_cpp::{
     LlamaCppAdapter, LlamaCppConfig, LlamaCppLoadOptions, LlamaCppModel,
 };
+#[cfg(feature = "server")]
+pub use server::{BoundServer, RunningServer, Server, ServerOptions};

@@ -23,7 +23,7 @@ pub async fn planned_llama_load(
     path: &Path,
 ) -> anyhow::Result<(Arc<LlamaCppModel>, Value)> {
     let spec = ModelSpec::gguf(path);
-    let plan = pool.plan(&spec)?;
+    let plan = pool.plan::<LlamaCppModel>(&spec)?;
     println!("plan for {}: {plan}", path.display());
     let before = vram_used();
     let model: Arc<LlamaCppModel> = pool.load(spec)?;
@@ -45,8 +45,8 @@ pub async fn planned_llama_load(
     let report = json!({
         "model": path.display().to_string(),
         "plan": plan.to_string(),
-        "gpu_layers": plan.gpu_layers,
-        "total_layers": plan.total_layers,
+        "gpu_layers": plan.gpu_layers(),
+        "total_layers": plan.total_layers(),
         "context": plan.context,
         "planned_weight_bytes": plan.gpu_weight_bytes,
         "planned_total_bytes": plan.gpu_bytes(),

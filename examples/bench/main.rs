@@ -38,13 +38,14 @@ use std::time::Instant;
 
 use anyhow::Context;
 use dspy_rs::{Example, LM, MetaSignature, Predict, Predictor, Signature, configure, example};
+use dsrs_local::LocalModel as _;
 use dsrs_local::hardware::HardwareManager;
 use dsrs_local::pool::{ModelPool, ModelSpec};
 use dsrs_local::testing::{TestModelSpec, WeightType, chat_tokenizer};
 use dsrs_local::{
     Backend, CandleAdapter, CandleConfig, CandleLoadOptions, CandleModel, GenerationConfig,
     GenerationRequest, LlamaCppAdapter, LlamaCppConfig, LlamaCppLoadOptions, LlamaCppModel,
-    LocalAdapter, Sampling, local_lm_with,
+    LocalAdapter, Sampling,
 };
 use futures::StreamExt;
 use serde_json::{Value, json};
@@ -200,6 +201,7 @@ fn raw_request(prompt: &str, max_tokens: usize) -> GenerationRequest {
         max_tokens,
         stop: vec![],
         constraint: None,
+        control: Default::default(),
     }
 }
 
@@ -210,14 +212,25 @@ fn bare_engine_row(
     options: &Options,
 ) -> anyhow::Result<EngineRow> {
     let prompt = fixed_prompt(backend, options.prompt_tokens)?;
-    let mut pp = Vec::new();
-    let mut tg = Vec::new();
-    for run in 0..options.runs {
-        let tokens = model.tokenize_prompt(&format!("{run} {prompt}"))?;
-        let timing = bare::run(model, &tokens, options.generated_tokens, 4096, 512)?;
-        pp.push(tokens.len() as f64 / timing.prefill.as_secs_f64());
-        tg.push(options.generated_tokens as f64 / timing.decode.as_secs_f64());
-    }
+    let prompts = (0..options.runs)
+        .map(|run| model.tokenize_prompt(&format!("{run} {prompt}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let runs = bare::run(
+        model.card().path(),
+        &prompts,
+        options.generated_tokens,
+        4096,
+        options.gpu,
+    )?;
+    let pp = prompts
+        .iter()
+        .zip(&runs)
+        .map(|(p, r)| p.len() as f64 / r.prefill.as_secs_f64())
+        .collect();
+    let tg = runs
+        .iter()
+        .map(|r| options.generated_tokens as f64 / r.decode.as_secs_f64())
+        .collect();
     Ok(EngineRow {
         system: "bare llama-cpp-2 loop".into(),
         pp_tokens_per_s: median(pp),
@@ -234,7 +247,7 @@ async fn adapter_overhead(model: &Arc<LlamaCppModel>, options: &Options) -> anyh
             .with_prefix_reuse(false)
             .with_generation(GenerationConfig::default().with_max_tokens(REPLY_TOKENS as usize)),
     );
-    configure(local_lm_with(0.0, REPLY_TOKENS).await?, adapter.clone());
+    configure(adapter.lm().await?, adapter.clone());
     let predict = Predict::new(qa_with_demos()?);
     predict.forward(question(0)).await.ok(); // warm-up
     let mut predict_ms = Vec::new();
@@ -251,14 +264,21 @@ async fn adapter_overhead(model: &Arc<LlamaCppModel>, options: &Options) -> anyh
             Err(_) => REPLY_TOKENS as usize,
         };
         let prompt = model.tokenize_prompt(&adapter.render_prompt(&qa_with_demos()?, &inputs)?)?;
-        let bare = bare::run(model, &prompt, completion, 4096, 512)?;
+        let bare = bare::run(
+            model.card().path(),
+            std::slice::from_ref(&prompt),
+            completion,
+            4096,
+            options.gpu,
+        )?;
+        let bare = bare.first().context("bare-loop ran nothing")?;
         bare_ms.push((bare.prefill + bare.decode).as_secs_f64() * 1e3);
         tokens = (prompt.len(), completion);
     }
     let (predict_ms, bare_ms) = (median(predict_ms), median(bare_ms));
     // Where the extra time goes: the decoder's own clock of the CPU work
     // choosing each token (grammar mask and advance, sampler).
-    let lm = local_lm_with(0.0, REPLY_TOKENS).await?;
+    let lm = adapter.lm().await?;
     let (_, generation) = adapter
         .predict(&lm, &qa_with_demos()?, &question(options.runs + 1))
         .await?;
@@ -359,6 +379,10 @@ fn memory_row(name: &str, before: Option<(u64, u64)>, file_bytes: u64) -> Value 
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(("--bare-loop", rest)) = args.split_first().map(|(a, r)| (a.as_str(), r)) {
+        return bare::child(rest);
+    }
     let options = options()?;
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/dsrs-bench");
     std::fs::create_dir_all(&dir)?;
@@ -431,7 +455,7 @@ async fn main() -> anyhow::Result<()> {
     } else {
         Arc::new(CandleModel::load(&path, CandleLoadOptions::default())?)
     };
-    println!("candle runs on {:?}", candle_model.device());
+    println!("candle runs on {}", candle_model.device());
     let candle = CandleAdapter::from_loaded_model(
         Arc::clone(&candle_model),
         CandleConfig::default().with_generation(config),
@@ -469,21 +493,20 @@ async fn main() -> anyhow::Result<()> {
 
     // DSPy workloads: ours, one by one and batched.
     println!("measuring DSPy workloads…");
-    let lm = local_lm_with(0.0, REPLY_TOKENS).await?;
     let reply_budget = GenerationConfig::default().with_max_tokens(REPLY_TOKENS as usize);
     let mut dspy = Vec::new();
-    configure(
-        lm.clone(),
-        LlamaCppAdapter::from_loaded_model(
-            Arc::clone(&llama_model),
-            LlamaCppConfig::default().with_generation(reply_budget.clone()),
-        ),
+    let one_by_one = LlamaCppAdapter::from_loaded_model(
+        Arc::clone(&llama_model),
+        LlamaCppConfig::default().with_generation(reply_budget.clone()),
     );
+    // Greedy, REPLY_TOKENS: the adapter's settings.
+    let lm = one_by_one.lm().await?;
+    configure(lm.clone(), one_by_one);
     dspy.push(dspy_row("LlamaCppAdapter, one by one", &options, 1).await?);
     let batched = LlamaCppAdapter::from_loaded_model(
         Arc::clone(&llama_model),
         LlamaCppConfig::default()
-            .with_context_length(shared_context(&options))
+            .with_context_length(shared_context(&options) as usize)
             .with_parallel_sequences(options.sequences)
             .with_generation(reply_budget.with_max_concurrency(options.sequences)),
     );

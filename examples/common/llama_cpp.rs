@@ -2,7 +2,7 @@
 
 /// A llama.cpp adapter on the model from `common::model_path`, with the
 /// settings of `common::generation`; `llamacpp_qa.rs` shows these steps one by one.
-pub fn llama_cpp_adapter()
+pub(crate) fn llama_cpp_adapter()
 -> anyhow::Result<(dsrs_local::LlamaCppAdapter, Option<tempfile::TempDir>)> {
     use std::sync::Arc;
 

@@ -12,7 +12,7 @@ use dsrs_local::{GenerationConfig, ModelSource};
 /// parity and word lists); if that file is missing, a model with random
 /// weights written to a temporary folder (kept alive by the returned guard).
 #[allow(dead_code)]
-pub fn model_path() -> anyhow::Result<(PathBuf, Option<tempfile::TempDir>)> {
+pub(crate) fn model_path() -> anyhow::Result<(PathBuf, Option<tempfile::TempDir>)> {
     if let Some(name) = std::env::args()
         .nth(1)
         .or_else(|| std::env::var("DSRS_MODEL").ok())
@@ -42,10 +42,20 @@ pub fn model_path() -> anyhow::Result<(PathBuf, Option<tempfile::TempDir>)> {
 /// Generation settings: the defaults, but with short free-text fields for a
 /// random-weight model (which would otherwise write until the cap).
 #[allow(dead_code)]
-pub fn generation(random_model: bool) -> GenerationConfig {
+pub(crate) fn generation(random_model: bool) -> GenerationConfig {
     if random_model {
         GenerationConfig::default().with_max_text_chars(80)
     } else {
         GenerationConfig::default()
+    }
+}
+
+/// A field's value as a person reads it: text without JSON quotes, other
+/// values as JSON.
+#[allow(dead_code)]
+pub(crate) fn plain(value: serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(text) => text,
+        other => other.to_string(),
     }
 }

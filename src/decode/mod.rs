@@ -7,19 +7,22 @@
 //! [`Decoder::push`] → evaluate the new token, until `push` returns a
 //! [`FinishReason`].
 
+mod closing;
 mod sampler;
 
-pub use sampler::{Sampler, argmax};
+pub(crate) use sampler::Sampler;
 
 use std::time::{Duration, Instant};
 
-use crate::backend::{FinishReason, Generation, GenerationRequest, Timings};
+use closing::Closer;
+
+use crate::backend::{FinishReason, Generation, GenerationControl, GenerationRequest, Timings};
 use crate::prompt::{COMPLETED_MARKER, ConstraintMatcher};
 use crate::{Error, Result};
 
 /// The state of one reply being generated.
 #[derive(Debug)]
-pub struct Decoder {
+pub(crate) struct Decoder {
     sampler: Sampler,
     constraint: Option<ConstraintMatcher>,
     end_of_generation: Vec<u32>,
@@ -29,12 +32,17 @@ pub struct Decoder {
     generated: usize,
     /// Time spent in `next_token` and the constraint's advance.
     token_choice: Duration,
+    control: GenerationControl,
+    /// Bytes of the reply already sent to the caller's stream.
+    streamed: usize,
+    /// Ends a constrained reply in time (with the constraint).
+    closer: Option<Closer>,
 }
 
 impl Decoder {
     /// Starts a reply for `request`; `constraint` is the request's grammar
     /// compiled for this model, and `end_of_generation` the model's end tokens.
-    pub fn new(
+    pub(crate) fn new(
         request: &GenerationRequest,
         constraint: Option<ConstraintMatcher>,
         end_of_generation: Vec<u32>,
@@ -48,12 +56,24 @@ impl Decoder {
             bytes: Vec::new(),
             generated: 0,
             token_choice: Duration::ZERO,
+            control: request.control.clone(),
+            streamed: 0,
+            closer: request
+                .constraint
+                .as_ref()
+                .map(|c| Closer::new(c.closing().clone())),
         }
+    }
+
+    /// Whether the caller has stopped this reply (backends check it between
+    /// steps that sample nothing, such as prefill chunks).
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.control.is_cancelled()
     }
 
     /// Chooses the next token from the model's logits for the last position.
     /// The logits are masked in place.
-    pub fn next_token(&mut self, logits: &mut [f32]) -> Result<u32> {
+    pub(crate) fn next_token(&mut self, logits: &mut [f32]) -> Result<u32> {
         let started = Instant::now();
         if let Some(constraint) = &mut self.constraint {
             constraint.mask_logits(logits)?;
@@ -61,13 +81,16 @@ impl Decoder {
         let token = self.sampler.sample(logits);
         self.token_choice += started.elapsed();
         token.ok_or_else(|| {
-            Error::Constraint("no token is allowed next (all logits masked or not finite)".into())
+            Error::constraint("no token is allowed next (all logits masked or not finite)")
         })
     }
 
     /// Records a sampled token and its text. Returns why the reply ended, or
     /// `None` to go on.
-    pub fn push(&mut self, token: u32, piece: &[u8]) -> Result<Option<FinishReason>> {
+    pub(crate) fn push(&mut self, token: u32, piece: &[u8]) -> Result<Option<FinishReason>> {
+        if self.control.is_cancelled() {
+            return Ok(Some(FinishReason::Cancelled));
+        }
         if self.end_of_generation.contains(&token) {
             return Ok(Some(FinishReason::Stop));
         }
@@ -81,6 +104,21 @@ impl Decoder {
             if constraint.is_complete() {
                 return Ok(Some(FinishReason::Constraint));
             }
+            if let Some(closer) = &mut self.closer {
+                let started = Instant::now();
+                closer.record(self.bytes.len());
+                let closed = closer.close_if_due(
+                    constraint,
+                    &mut self.bytes,
+                    self.generated,
+                    self.max_tokens,
+                );
+                self.token_choice += started.elapsed();
+                if let Some(tokens) = closed {
+                    self.generated = tokens;
+                    return Ok(Some(FinishReason::Length));
+                }
+            }
         }
         if self.ends_with_stop(piece.len()) {
             return Ok(Some(FinishReason::Stop));
@@ -88,7 +126,37 @@ impl Decoder {
         if self.generated >= self.max_tokens {
             return Ok(Some(FinishReason::Length));
         }
+        self.stream_confirmed();
         Ok(None)
+    }
+
+    /// Sends the text no stop string can still take back, up to the last
+    /// whole character, to the caller's stream.
+    fn stream_confirmed(&mut self) {
+        let hold = self.stop.iter().map(String::len).max().unwrap_or(1) - 1;
+        let mut end = self.bytes.len().saturating_sub(hold);
+        if let Some(closer) = &self.closer {
+            end = end.min(closer.stream_limit(&self.bytes));
+        }
+        self.stream_to(end);
+    }
+
+    fn stream_to(&mut self, end: usize) {
+        let Some(pending) = self.bytes.get(self.streamed..end) else {
+            return;
+        };
+        let whole = match std::str::from_utf8(pending) {
+            Ok(text) => text.len(),
+            Err(error) if error.error_len().is_none() => error.valid_up_to(),
+            // Not UTF-8 at all (a byte-level token of a broken sequence):
+            // passed on as the finished reply will show it.
+            Err(_) => pending.len(),
+        };
+        if whole > 0 {
+            let text = String::from_utf8_lossy(&pending[..whole]).into_owned();
+            self.streamed += whole;
+            self.control.emit(text);
+        }
     }
 
     /// Whether the reply now contains the completed marker or a stop string
@@ -120,18 +188,14 @@ impl Decoder {
         false
     }
 
-    /// Tokens generated so far (end tokens excluded).
-    pub fn generated(&self) -> usize {
-        self.generated
-    }
-
-    /// The finished reply.
-    pub fn finish(
-        self,
+    /// The finished reply (the rest of its text goes to the stream first).
+    pub(crate) fn finish(
+        mut self,
         prompt_tokens: usize,
         finish_reason: FinishReason,
         timings: Timings,
     ) -> Generation {
+        self.stream_to(self.bytes.len());
         Generation {
             text: String::from_utf8_lossy(&self.bytes).into_owned(),
             prompt_tokens,
@@ -157,15 +221,11 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::Sampling;
 
     fn request(max_tokens: usize, stop: &[&str]) -> GenerationRequest {
         GenerationRequest {
-            prompt: String::new(),
-            sampling: Sampling::greedy(),
-            max_tokens,
             stop: stop.iter().map(|s| s.to_string()).collect(),
-            constraint: None,
+            ..GenerationRequest::new("", max_tokens)
         }
     }
 
@@ -174,7 +234,7 @@ mod tests {
         let mut d = Decoder::new(&request(10, &[]), None, vec![2]);
         assert_eq!(d.push(5, b"hi").unwrap(), None);
         assert_eq!(d.push(2, b"").unwrap(), Some(FinishReason::Stop));
-        assert_eq!(d.generated(), 1);
+        assert_eq!(d.generated, 1);
 
         let mut d = Decoder::new(&request(10, &[]), None, vec![2]);
         assert_eq!(d.push(5, b"x\n\n[[ ## completed").unwrap(), None);
@@ -189,5 +249,132 @@ mod tests {
         let mut d = Decoder::new(&request(2, &[]), None, vec![2]);
         d.push(5, b"a").unwrap();
         assert_eq!(d.push(5, b"a").unwrap(), Some(FinishReason::Length));
+    }
+
+    #[tokio::test]
+    async fn the_stream_gets_whole_characters_and_never_a_stop_string() {
+        let (control, mut stream) = GenerationControl::streaming();
+        let mut request = request(20, &["END"]);
+        request.control = control;
+        let mut d = Decoder::new(&request, None, vec![2]);
+        let pieces: [&[u8]; 5] = [b"ab", b"c\xc3", b"\xa9 E", b"N", b"Dx"];
+        let mut finish = None;
+        for piece in pieces {
+            finish = d.push(5, piece).unwrap();
+        }
+        assert_eq!(finish, Some(FinishReason::Stop));
+        let generation = d.finish(1, FinishReason::Stop, Timings::default());
+        assert_eq!(generation.text, "abcé ");
+        // The stream ends when every holder of the control is gone.
+        drop(request);
+        let mut streamed = String::new();
+        while let Some(text) = stream.next().await {
+            assert!(
+                !text.contains('E'),
+                "a stop string's start was streamed: {text:?}"
+            );
+            streamed.push_str(&text);
+        }
+        assert_eq!(streamed, generation.text);
+    }
+
+    #[test]
+    fn a_cancelled_reply_ends_at_the_next_token() {
+        let request = request(20, &[]);
+        let mut d = Decoder::new(&request, None, vec![2]);
+        assert_eq!(d.push(5, b"a").unwrap(), None);
+        request.control.cancel();
+        assert_eq!(d.push(5, b"b").unwrap(), Some(FinishReason::Cancelled));
+    }
+
+    /// A stand-in model over single-byte tokens that rambles: it prefers
+    /// `x`, then `7`, `a`, `"`, `,` and never chooses to stop, so only the
+    /// closing can end its reply in the budget.
+    fn rambling_reply(
+        constraint: crate::prompt::OutputConstraint,
+        max_tokens: usize,
+    ) -> Generation {
+        let compiler = crate::prompt::ConstraintCompiler::single_byte().unwrap();
+        let matcher = compiler.matcher(&constraint).unwrap();
+        let mut request = request(max_tokens, &[]);
+        request.constraint = Some(constraint);
+        let eos = 256;
+        let mut decoder = Decoder::new(&request, Some(matcher), vec![eos]);
+        let preference = |id: usize| match id as u8 {
+            b'x' => 10.0,
+            b'7' => 9.0,
+            b'a' => 8.0,
+            b'"' => 7.0,
+            b',' => 6.0,
+            _ => -(id as f32) * 1e-3,
+        };
+        loop {
+            let mut logits: Vec<f32> = (0..=256).map(preference).collect();
+            logits[eos as usize] = -100.0;
+            let token = decoder.next_token(&mut logits).unwrap();
+            let piece = [token as u8];
+            if let Some(reason) = decoder.push(token, &piece).unwrap() {
+                return decoder.finish(1, reason, Timings::default());
+            }
+        }
+    }
+
+    #[test]
+    fn a_rambling_reply_is_closed_in_its_budget_and_parses() {
+        use crate::prompt::{FieldSpec, OutputConstraint, SignatureFields, ValueKind, parse_reply};
+        let field = |name: &str, kind: ValueKind| FieldSpec {
+            name: name.into(),
+            type_name: String::new(),
+            kind,
+        };
+        let fields = SignatureFields {
+            inputs: vec![],
+            outputs: vec![
+                field("answer", ValueKind::Text),
+                field("total", ValueKind::Integer { min: -5, max: 1000 }),
+                field("tags", ValueKind::List(Box::new(ValueKind::Text))),
+                field("note", ValueKind::Text),
+            ],
+        };
+        // A single-byte vocabulary: the shortest whole reply is about 105 tokens.
+        for budget in [110, 120, 150, 200, 400] {
+            let constraint = OutputConstraint::for_fields(&fields, 1000);
+            let reply = rambling_reply(constraint, budget);
+            assert_eq!(
+                reply.finish_reason,
+                FinishReason::Length,
+                "{budget}: {:?}",
+                reply.text
+            );
+            assert!(
+                reply.completion_tokens <= budget,
+                "{budget}: {}",
+                reply.completion_tokens
+            );
+            let parsed = parse_reply(&fields, &reply.text)
+                .unwrap_or_else(|e| panic!("{budget}: {e}\n{}", reply.text));
+            assert!(
+                parsed["total"].is_i64() && parsed["tags"].is_array(),
+                "{parsed:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_rambling_json_reply_is_closed_in_its_budget() {
+        let schema = serde_json::json!({
+            "type": "object",
+            "properties": {"name": {"type": "string"}, "items": {"type": "array", "items": {"type": "string"}}},
+            "required": ["name", "items"],
+        });
+        // The shortest object the schema allows is 23 single-byte tokens.
+        for budget in [24, 40, 100] {
+            let reply =
+                rambling_reply(crate::prompt::OutputConstraint::json(&schema, 1000), budget);
+            let value: serde_json::Value = serde_json::from_str(&reply.text)
+                .unwrap_or_else(|e| panic!("{budget}: {e}: {}", reply.text));
+            assert!(value["items"].is_array(), "{value}");
+            assert!(reply.completion_tokens <= budget);
+        }
     }
 }

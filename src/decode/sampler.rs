@@ -10,21 +10,21 @@ use crate::backend::Sampling;
 
 /// A seeded token sampler.
 #[derive(Debug, Clone)]
-pub struct Sampler {
+pub(crate) struct Sampler {
     sampling: Sampling,
     rng: ChaCha8Rng,
 }
 
 impl Sampler {
     /// A sampler for these settings, seeded with `sampling.seed`.
-    pub fn new(sampling: Sampling) -> Self {
+    pub(crate) fn new(sampling: Sampling) -> Self {
         let rng = ChaCha8Rng::seed_from_u64(sampling.seed);
         Sampler { sampling, rng }
     }
 
     /// Picks a token id. Logits of −∞ (masked by a constraint) are never picked.
     /// Returns `None` only when every logit is −∞ or NaN.
-    pub fn sample(&mut self, logits: &[f32]) -> Option<u32> {
+    pub(crate) fn sample(&mut self, logits: &[f32]) -> Option<u32> {
         if self.sampling.is_greedy() {
             return argmax(logits);
         }
@@ -78,7 +78,7 @@ impl Sampler {
 }
 
 /// The id of the largest finite logit (the lowest id on ties).
-pub fn argmax(logits: &[f32]) -> Option<u32> {
+pub(crate) fn argmax(logits: &[f32]) -> Option<u32> {
     let mut best: Option<(u32, f32)> = None;
     for (i, &l) in logits.iter().enumerate() {
         if l.is_finite() && best.is_none_or(|(_, b)| l > b) {

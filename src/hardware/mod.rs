@@ -42,16 +42,48 @@ impl AcceleratorKind {
         }
     }
 
-    /// Whether this build can run models on it.
-    pub fn compiled_in(self) -> bool {
+    /// The prefix of device names: `CUDA` in `CUDA0`.
+    pub fn prefix(self) -> &'static str {
         match self {
-            AcceleratorKind::Cuda => cfg!(any(feature = "cuda", feature = "cuda-shared")),
-            AcceleratorKind::Rocm | AcceleratorKind::Vulkan => {
-                cfg!(all(feature = "vulkan", feature = "llamacpp"))
-            }
-            AcceleratorKind::Metal => cfg!(feature = "metal"),
-            AcceleratorKind::Cpu => true,
+            AcceleratorKind::Cuda => "CUDA",
+            AcceleratorKind::Rocm => "ROCm",
+            AcceleratorKind::Vulkan => "Vulkan",
+            AcceleratorKind::Metal => "Metal",
+            AcceleratorKind::Cpu => "CPU",
         }
+    }
+
+    /// The kind of a device in llama.cpp's list, from its backend's name
+    /// (`CUDA`, `Vulkan`, `Metal`, `ROCm`/`HIP`); `None` for the CPU and others.
+    pub fn from_ggml_backend(backend: &str) -> Option<AcceleratorKind> {
+        match backend.to_ascii_lowercase().as_str() {
+            "cuda" => Some(AcceleratorKind::Cuda),
+            "vulkan" => Some(AcceleratorKind::Vulkan),
+            "metal" | "mtl" => Some(AcceleratorKind::Metal),
+            "rocm" | "hip" => Some(AcceleratorKind::Rocm),
+            _ => None,
+        }
+    }
+
+    /// Whether this build can run models on it (with any backend).
+    pub fn compiled_in(self) -> bool {
+        compiled_backends().iter().any(|b| b.drives(self))
+    }
+}
+
+/// One accelerator by kind and its index among devices of that kind
+/// (`CUDA1` is `DeviceId { kind: Cuda, index: 1 }`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DeviceId {
+    /// Its kind.
+    pub kind: AcceleratorKind,
+    /// Index among devices of its kind.
+    pub index: u32,
+}
+
+impl fmt::Display for DeviceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{}", self.kind.prefix(), self.index)
     }
 }
 
@@ -98,16 +130,17 @@ pub struct Accelerator {
 }
 
 impl Accelerator {
+    /// Its kind and index.
+    pub fn id(&self) -> DeviceId {
+        DeviceId {
+            kind: self.kind,
+            index: self.index,
+        }
+    }
+
     /// `CUDA0 (NVIDIA H100 80GB HBM3)`.
     pub fn label(&self) -> String {
-        let kind = match self.kind {
-            AcceleratorKind::Cuda => "CUDA",
-            AcceleratorKind::Rocm => "ROCm",
-            AcceleratorKind::Vulkan => "Vulkan",
-            AcceleratorKind::Metal => "Metal",
-            AcceleratorKind::Cpu => "CPU",
-        };
-        format!("{kind}{} ({})", self.index, self.name)
+        format!("{} ({})", self.id(), self.name)
     }
 
     /// Whether this build can run models on it.
@@ -145,6 +178,21 @@ pub struct CompiledBackend {
     pub devices: Vec<AcceleratorKind>,
 }
 
+impl CompiledBackend {
+    /// Whether this backend can run models on devices of `kind`.
+    pub fn drives(&self, kind: AcceleratorKind) -> bool {
+        self.devices.contains(&kind)
+    }
+}
+
+/// Whether the backend named `backend` is compiled in and drives `kind`: the
+/// one answer every backend gives the pool (from [`compiled_backends`]).
+pub(crate) fn backend_drives(backend: &str, kind: AcceleratorKind) -> bool {
+    compiled_backends()
+        .iter()
+        .any(|b| b.name == backend && b.drives(kind))
+}
+
 /// The backends and accelerators compiled into this build (from `cfg!`, not the machine).
 pub fn compiled_backends() -> Vec<CompiledBackend> {
     let mut backends = Vec::new();
@@ -154,7 +202,8 @@ pub fn compiled_backends() -> Vec<CompiledBackend> {
             devices.push(AcceleratorKind::Cuda);
         }
         if cfg!(feature = "vulkan") {
-            devices.push(AcceleratorKind::Vulkan);
+            // Vulkan drives AMD GPUs too (which sysfs reports as ROCm devices).
+            devices.extend([AcceleratorKind::Vulkan, AcceleratorKind::Rocm]);
         }
         if cfg!(feature = "metal") {
             devices.push(AcceleratorKind::Metal);

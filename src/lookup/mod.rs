@@ -82,10 +82,9 @@ impl ModelSource {
                 } else {
                     Err(Error::ModelNotFound {
                         path: path.clone(),
-                        reason:
-                            "no such file; check the path, or name a model in the Hugging Face \
-                                 cache (`owner/repo:file.gguf`) or Ollama's store (`name:tag`)"
-                                .into(),
+                        hint: "no such file; check the path, or name a model in the Hugging Face \
+                               cache (`owner/repo:file.gguf`) or Ollama's store (`name:tag`)"
+                            .into(),
                     })
                 }
             }

@@ -7,8 +7,10 @@
 //! configure(lm, LlamaCppAdapter::from_loaded_model(model, LlamaCppConfig::default()));
 //! ```
 //!
-//! - **Plan**: [`plan::plan`] sizes the load from the GGUF header and the
-//!   detected devices (GPU layers, context, KV type, batch) and says why.
+//! - **Plan**: [`plan::plan`] sizes the load from the GGUF header (read once
+//!   per load) and the detected devices the backend can drive (GPU layers,
+//!   context, KV type, batch) and says why; the backend reads the plan's
+//!   [`Placement`](crate::backend::Placement).
 //! - **Share**: the same spec and plan give the same `Arc`; concurrent first
 //!   requests load once (single flight).
 //! - **Evict**: loads are kept within a memory budget; when a new load would
@@ -23,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
+use crate::backend::LoadModel;
 use crate::gguf::GgufHeader;
 use crate::hardware::HardwareProfile;
 use crate::lookup::ModelSource;
@@ -107,22 +110,15 @@ impl ModelSpec {
         self
     }
 
-    fn plan_request(&self) -> PlanRequest {
+    fn plan_request<M: LoadModel>(&self) -> PlanRequest {
         PlanRequest {
             context: self.context,
             pin_context: self.pin_context,
             cpu_only: self.cpu_only,
             memory_limit: self.memory_limit,
+            whole_model_only: !M::SPLITS_LAYERS,
         }
     }
-}
-
-/// A model type the pool can load: one per backend.
-pub trait PoolModel: Send + Sync + Sized + 'static {
-    /// The backend's name.
-    const BACKEND: &'static str;
-    /// Loads `path` as the plan says.
-    fn load_planned(path: &Path, plan: &LoadPlan) -> Result<Self>;
 }
 
 /// One loaded model as the pool lists it.
@@ -140,14 +136,37 @@ pub struct LoadedEntry {
     pub in_use: bool,
 }
 
-type Key = (PathBuf, TypeId, Option<u32>, bool, bool, Option<u64>);
+/// What makes two loads the same load: the file, the backend's model type
+/// and the wishes that change the plan.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct LoadKey {
+    path: PathBuf,
+    model_type: TypeId,
+    context: Option<u32>,
+    pin_context: bool,
+    cpu_only: bool,
+    memory_limit: Option<u64>,
+}
+
+impl LoadKey {
+    fn new<M: LoadModel>(path: PathBuf, spec: &ModelSpec) -> Self {
+        LoadKey {
+            path,
+            model_type: TypeId::of::<M>(),
+            context: spec.context,
+            pin_context: spec.pin_context,
+            cpu_only: spec.cpu_only,
+            memory_limit: spec.memory_limit,
+        }
+    }
+}
+
+type Loaded = Arc<dyn Any + Send + Sync>;
 
 struct Slot {
-    cell: OnceLock<std::result::Result<Arc<dyn Any + Send + Sync>, String>>,
+    /// The load's outcome, shared by every caller that waited for it.
+    cell: OnceLock<Result<Loaded>>,
     meta: Mutex<Option<SlotMeta>>,
-    /// The typed error of a failed load, for the caller that ran it (others
-    /// waiting on the same load get its message).
-    error: Mutex<Option<Error>>,
 }
 
 #[derive(Clone)]
@@ -163,7 +182,7 @@ struct SlotMeta {
 pub struct ModelPool {
     profile: HardwareProfile,
     budget: Option<u64>,
-    slots: Mutex<HashMap<Key, Arc<Slot>>>,
+    slots: Mutex<HashMap<LoadKey, Arc<Slot>>>,
 }
 
 impl std::fmt::Debug for ModelPool {
@@ -176,7 +195,7 @@ impl std::fmt::Debug for ModelPool {
 }
 
 fn poisoned<T>(_: T) -> Error {
-    Error::TaskFailed("the model pool's lock was poisoned by a panic".into())
+    Error::LockPoisoned { what: "model pool" }
 }
 
 impl ModelPool {
@@ -213,109 +232,97 @@ impl ModelPool {
         })
     }
 
-    /// Plans a load without loading (finds the file, reads its header only).
-    pub fn plan(&self, spec: &ModelSpec) -> Result<LoadPlan> {
-        self.plan_file(&spec.source.resolve()?, spec)
+    /// Plans a load of `spec` by backend `M` without loading: finds the
+    /// file and reads its header only.
+    pub fn plan<M: LoadModel>(&self, spec: &ModelSpec) -> Result<LoadPlan> {
+        let header = GgufHeader::read(spec.source.resolve()?)?;
+        self.plan_header::<M>(&header, spec)
     }
 
-    fn plan_file(&self, path: &Path, spec: &ModelSpec) -> Result<LoadPlan> {
-        let header = GgufHeader::read(path)?;
-        let facts = ModelFacts::from_header(&header)?;
-        let gpus: Vec<DeviceBudget> = self
-            .profile
-            .usable_accelerators()
-            .map(|a| DeviceBudget {
-                name: a.label(),
-                available: a.memory.available(),
-            })
-            .collect();
-        plan::plan(
+    /// Plans for the devices backend `M` can drive; the others are named in
+    /// the plan's reasons.
+    fn plan_header<M: LoadModel>(&self, header: &GgufHeader, spec: &ModelSpec) -> Result<LoadPlan> {
+        let facts = ModelFacts::from_header(header)?;
+        let mut skipped = Vec::new();
+        let mut gpus = Vec::new();
+        for accelerator in self.profile.usable_accelerators() {
+            if M::drives(accelerator.kind) {
+                gpus.push(DeviceBudget {
+                    id: accelerator.id(),
+                    name: accelerator.label(),
+                    available: accelerator.memory.available(),
+                });
+            } else {
+                skipped.push(format!(
+                    "{} is not used: the {} backend cannot drive {:?} devices",
+                    accelerator.label(),
+                    M::BACKEND,
+                    accelerator.kind
+                ));
+            }
+        }
+        let mut plan = plan::plan(
             &facts,
             &gpus,
             self.profile.memory.available,
-            &spec.plan_request(),
-        )
+            &spec.plan_request::<M>(),
+        )?;
+        plan.reasons.splice(0..0, skipped);
+        Ok(plan)
     }
 
     /// Loads (or returns the already loaded) model for `spec` with backend `M`
     /// (usually inferred from the adapter it is handed to).
-    pub fn load<M: PoolModel>(&self, spec: ModelSpec) -> Result<Arc<M>> {
+    pub fn load<M: LoadModel>(&self, spec: ModelSpec) -> Result<Arc<M>> {
         let path = spec.source.resolve()?;
-        let key: Key = (
-            path.clone(),
-            TypeId::of::<M>(),
-            spec.context,
-            spec.pin_context,
-            spec.cpu_only,
-            spec.memory_limit,
-        );
+        let key = LoadKey::new::<M>(path, &spec);
         let slot = {
             let mut slots = self.slots.lock().map_err(poisoned)?;
             Arc::clone(slots.entry(key.clone()).or_insert_with(|| {
                 Arc::new(Slot {
                     cell: OnceLock::new(),
                     meta: Mutex::new(None),
-                    error: Mutex::new(None),
                 })
             }))
         };
         // Single flight: concurrent callers of one key wait on the same load.
         let loaded = slot
             .cell
-            .get_or_init(|| self.load_slot::<M>(&path, &spec, &key, &slot));
+            .get_or_init(|| self.plan_and_load::<M>(&spec, &key, &slot));
         match loaded {
             Ok(any) => {
                 if let Some(meta) = slot.meta.lock().map_err(poisoned)?.as_mut() {
                     meta.last_used = Instant::now();
                 }
-                Arc::clone(any).downcast::<M>().map_err(|_| {
-                    Error::TaskFailed("the pool holds another type under this key".into())
-                })
+                // The key holds the model type, so the slot holds an `M`.
+                Arc::clone(any)
+                    .downcast::<M>()
+                    .map_err(|_| Error::Internal {
+                        what: "the model pool holds another type under this key",
+                    })
             }
-            Err(reason) => {
+            Err(error) => {
                 // Forget the failure so a later call can try again.
                 self.slots.lock().map_err(poisoned)?.remove(&key);
-                let typed = slot.error.lock().ok().and_then(|mut e| e.take());
-                Err(typed.unwrap_or_else(|| Error::ModelLoad {
-                    backend: M::BACKEND,
-                    path,
-                    reason: reason.clone(),
-                }))
+                Err(error.clone())
             }
         }
     }
 
-    fn load_slot<M: PoolModel>(
+    fn plan_and_load<M: LoadModel>(
         &self,
-        path: &Path,
         spec: &ModelSpec,
-        key: &Key,
+        key: &LoadKey,
         slot: &Slot,
-    ) -> std::result::Result<Arc<dyn Any + Send + Sync>, String> {
-        let loaded = self.plan_and_load::<M>(path, spec, key, slot);
-        loaded.map_err(|error| {
-            let message = error.to_string();
-            if let Ok(mut stash) = slot.error.lock() {
-                *stash = Some(error);
-            }
-            message
-        })
-    }
-
-    fn plan_and_load<M: PoolModel>(
-        &self,
-        path: &Path,
-        spec: &ModelSpec,
-        key: &Key,
-        slot: &Slot,
-    ) -> Result<Arc<dyn Any + Send + Sync>> {
-        let plan = self.plan_file(path, spec)?;
+    ) -> Result<Loaded> {
+        let header = GgufHeader::read(&key.path)?;
+        let plan = self.plan_header::<M>(&header, spec)?;
         let bytes = plan.gpu_bytes() + plan.host_bytes;
         self.make_room(bytes, key)?;
-        tracing::info!(path = %path.display(), backend = M::BACKEND, %plan, "loading");
-        let model = M::load_planned(path, &plan)?;
+        tracing::info!(path = %key.path.display(), backend = M::BACKEND, %plan, "loading");
+        let model = M::load_placed(&header, &plan.placement)?;
         *slot.meta.lock().map_err(poisoned)? = Some(SlotMeta {
-            path: path.to_path_buf(),
+            path: key.path.clone(),
             backend: M::BACKEND,
             plan,
             bytes,
@@ -326,10 +333,10 @@ impl ModelPool {
 
     /// Unloads idle models, least recently used first, until `needed` more
     /// bytes fit the budget. Fails when the models in use leave too little.
-    fn make_room(&self, needed: u64, loading: &Key) -> Result<()> {
+    fn make_room(&self, needed: u64, loading: &LoadKey) -> Result<()> {
         let budget = self.budget();
         let mut slots = self.slots.lock().map_err(poisoned)?;
-        let mut idle: Vec<(Key, Instant, u64)> = Vec::new();
+        let mut idle: Vec<(LoadKey, Instant, u64)> = Vec::new();
         let mut used = 0u64;
         for (key, slot) in slots.iter() {
             if key == loading {
@@ -348,7 +355,7 @@ impl ModelPool {
             if used + needed <= budget {
                 break;
             }
-            tracing::info!(path = %key.0.display(), "unloading an idle model to make room");
+            tracing::info!(path = %key.path.display(), "unloading an idle model to make room");
             slots.remove(&key);
             used -= bytes;
         }
@@ -366,9 +373,9 @@ impl ModelPool {
     pub fn unload(&self, path: impl AsRef<Path>) -> Result<bool> {
         let path = path.as_ref();
         let mut slots = self.slots.lock().map_err(poisoned)?;
-        let idle: Vec<Key> = slots
+        let idle: Vec<LoadKey> = slots
             .iter()
-            .filter(|(key, slot)| key.0 == path && !in_use(slot))
+            .filter(|(key, slot)| key.path == path && !in_use(slot))
             .map(|(key, _)| key.clone())
             .collect();
         for key in &idle {

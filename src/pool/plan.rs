@@ -12,19 +12,21 @@
 
 use std::fmt;
 
+use crate::backend::Placement;
 use crate::gguf::GgufHeader;
+use crate::hardware::DeviceId;
 use crate::{Error, Result};
 
 const GIB: u64 = 1 << 30;
 const MIB: u64 = 1 << 20;
 /// Memory kept free on every device.
-pub const SAFETY_MARGIN: u64 = GIB;
+const SAFETY_MARGIN: u64 = GIB;
 /// The context is not lowered below this (or below the trained length, if smaller).
-pub const MIN_CONTEXT: u32 = 2048;
+const MIN_CONTEXT: u32 = 2048;
 /// Context used when the caller asks for none and the model allows more.
-pub const DEFAULT_CONTEXT: u32 = 8192;
+const DEFAULT_CONTEXT: u32 = 8192;
 /// Prompt batch size planned for.
-pub const DEFAULT_BATCH: u32 = 512;
+const DEFAULT_BATCH: u32 = 512;
 
 /// What sizing needs from a model file, read from its header.
 #[derive(Debug, Clone, PartialEq)]
@@ -70,6 +72,7 @@ impl ModelFacts {
                 .ok_or_else(|| Error::UnsupportedArchitecture {
                     architecture: architecture.clone(),
                     backend: "model pool",
+                    supported: Vec::new(),
                 })?;
         let embedding = header
             .arch_u64("embedding_length")
@@ -151,6 +154,8 @@ impl ModelFacts {
 /// Memory of a device as sizing sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeviceBudget {
+    /// Which device.
+    pub id: DeviceId,
     /// Display name (`CUDA0 (NVIDIA H100 80GB HBM3)`).
     pub name: String,
     /// Bytes that may be used now (free memory, or the unified budget).
@@ -168,19 +173,18 @@ pub struct PlanRequest {
     pub cpu_only: bool,
     /// Cap on the bytes this load may use on the GPU.
     pub memory_limit: Option<u64>,
+    /// The backend runs a model whole on one device (candle): a GPU gets
+    /// every layer or none.
+    pub whole_model_only: bool,
 }
 
 /// A sizing decision.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoadPlan {
-    /// Repeating layers on the GPU.
-    pub gpu_layers: u32,
-    /// Layers in the model.
-    pub total_layers: u32,
-    /// Whether the output head is on the GPU too.
-    pub output_on_gpu: bool,
-    /// The device the GPU part goes to, if any.
-    pub device: Option<String>,
+    /// What the backend reads: device, layers on it, context.
+    pub placement: Placement,
+    /// The device's display name, if a device is used.
+    pub device_name: Option<String>,
     /// Context length.
     pub context: u32,
     /// Prompt batch size.
@@ -209,9 +213,14 @@ impl LoadPlan {
         self.gpu_weight_bytes + self.gpu_kv_bytes + self.gpu_compute_bytes
     }
 
-    /// llama.cpp's `n_gpu_layers`: layers, plus one for the output head.
-    pub fn llama_gpu_layers(&self) -> u32 {
-        self.gpu_layers + u32::from(self.output_on_gpu)
+    /// Repeating layers on the GPU.
+    pub fn gpu_layers(&self) -> u32 {
+        self.placement.gpu_layers
+    }
+
+    /// Layers in the model.
+    pub fn total_layers(&self) -> u32 {
+        self.placement.total_layers
     }
 }
 
@@ -225,12 +234,12 @@ fn gib(bytes: u64) -> String {
 
 impl fmt::Display for LoadPlan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.device {
+        match &self.device_name {
             Some(device) => write!(
                 f,
                 "{}/{} layers on {device}: weights {}, KV {} at {} ctx, compute {}, {} free",
-                self.gpu_layers,
-                self.total_layers,
+                self.gpu_layers(),
+                self.total_layers(),
                 gib(self.gpu_weight_bytes),
                 gib(self.gpu_kv_bytes),
                 self.context,
@@ -240,7 +249,7 @@ impl fmt::Display for LoadPlan {
             None => write!(
                 f,
                 "0/{} layers on a GPU (CPU only): {} of host memory at {} ctx, {} available",
-                self.total_layers,
+                self.total_layers(),
                 gib(self.host_bytes),
                 self.context,
                 gib(self.host_available)
@@ -291,6 +300,8 @@ pub fn plan(
     };
 
     if let Some(gpu) = gpu {
+        // Lowering the context for the GPU does not carry over to the CPU fallback.
+        let mut context = context;
         let mut usable = gpu.available.saturating_sub(SAFETY_MARGIN);
         if let Some(limit) = request.memory_limit
             && limit < usable
@@ -322,6 +333,13 @@ pub fn plan(
                 gib(gpu.available)
             ));
             (model.layers, true)
+        } else if request.whole_model_only {
+            reasons.push(format!(
+                "the whole model does not fit in {} usable on {}, and this backend runs a model on one device",
+                gib(usable),
+                gpu.name
+            ));
+            (0, false)
         } else {
             let per_token_per_layer = model.kv_bytes_per_token() / u64::from(model.layers.max(1));
             let mut left = usable.saturating_sub(compute);
@@ -351,10 +369,14 @@ pub fn plan(
                 host_weights - gpu_weight_bytes + (model.kv_bytes(context) - gpu_kv_bytes);
             check_host(host_bytes, host_available, model, context)?;
             return Ok(LoadPlan {
-                gpu_layers,
-                total_layers: model.layers,
-                output_on_gpu,
-                device: Some(gpu.name.clone()),
+                placement: Placement {
+                    device: Some(gpu.id),
+                    gpu_layers,
+                    total_layers: model.layers,
+                    output_on_device: output_on_gpu,
+                    context_length: context as usize,
+                },
+                device_name: Some(gpu.name.clone()),
                 context,
                 batch: batch.min(context),
                 kv_type: "f16",
@@ -367,7 +389,9 @@ pub fn plan(
                 reasons,
             });
         }
-        reasons.push("no layer fits on the GPU".into());
+        if !request.whole_model_only {
+            reasons.push("no layer fits on the GPU".into());
+        }
     }
 
     // CPU only.
@@ -384,10 +408,8 @@ pub fn plan(
     let host_bytes = host(context);
     check_host(host_bytes, host_available, model, context)?;
     Ok(LoadPlan {
-        gpu_layers: 0,
-        total_layers: model.layers,
-        output_on_gpu: false,
-        device: None,
+        placement: Placement::cpu(model.layers, context as usize),
+        device_name: None,
         context,
         batch: batch.min(context),
         kv_type: "f16",
@@ -464,6 +486,10 @@ mod tests {
 
     fn gpu(gib: u64) -> Vec<DeviceBudget> {
         vec![DeviceBudget {
+            id: DeviceId {
+                kind: crate::hardware::AcceleratorKind::Cuda,
+                index: 0,
+            },
             name: "CUDA0 (test GPU)".into(),
             available: gib * GIB,
         }]
@@ -482,9 +508,8 @@ mod tests {
     fn an_80_gib_gpu_takes_every_layer_of_small_and_8b_models() {
         for model in [qwen_0_5b(), llama_8b_q4()] {
             let plan = plan(&model, &gpu(80), 64 * GIB, &PlanRequest::default()).unwrap();
-            assert_eq!(plan.gpu_layers, model.layers);
-            assert!(plan.output_on_gpu);
-            assert_eq!(plan.llama_gpu_layers(), model.layers + 1);
+            assert_eq!(plan.gpu_layers(), model.layers);
+            assert!(plan.placement.whole_model_on_device());
             assert_eq!(plan.context, 8192, "the trained length, capped at 8192");
             assert!(
                 plan.to_string()
@@ -503,8 +528,8 @@ mod tests {
         // (3072 − 258.5) / 128 = 21.98 → 21 layers.
         let plan = plan(&llama_8b_q4(), &gpu(4), 32 * GIB, &PlanRequest::default()).unwrap();
         assert_eq!(plan.context, 2048);
-        assert_eq!(plan.gpu_layers, 21);
-        assert!(!plan.output_on_gpu);
+        assert_eq!(plan.gpu_layers(), 21);
+        assert!(!plan.placement.output_on_device);
         assert_eq!(plan.gpu_weight_bytes, 21 * 120 * MIB);
         assert_eq!(plan.gpu_kv_bytes, 21 * 8 * MIB);
         assert_eq!(plan.gpu_compute_bytes, 271_056_896);
@@ -518,8 +543,8 @@ mod tests {
     #[test]
     fn cpu_only_plans_no_gpu_layers() {
         let plan = plan(&qwen_0_5b(), &[], 16 * GIB, &PlanRequest::default()).unwrap();
-        assert_eq!(plan.gpu_layers, 0);
-        assert_eq!(plan.device, None);
+        assert_eq!(plan.gpu_layers(), 0);
+        assert_eq!(plan.placement.device, None);
         assert!(plan.host_bytes > qwen_0_5b().weight_bytes());
         assert!(plan.to_string().contains("CPU only"), "{plan}");
         let asked = PlanRequest {
@@ -532,17 +557,21 @@ mod tests {
     fn plan_gpu_layers(request: &PlanRequest) -> u32 {
         plan(&qwen_0_5b(), &gpu(80), 16 * GIB, request)
             .unwrap()
-            .gpu_layers
+            .gpu_layers()
     }
 
     #[test]
     fn unified_memory_is_planned_like_a_budget() {
         let unified = vec![DeviceBudget {
+            id: DeviceId {
+                kind: crate::hardware::AcceleratorKind::Metal,
+                index: 0,
+            },
             name: "Metal0 (Apple M2)".into(),
             available: 10 * GIB,
         }];
         let plan = plan(&llama_8b_q4(), &unified, 16 * GIB, &PlanRequest::default()).unwrap();
-        assert_eq!(plan.gpu_layers, 32);
+        assert_eq!(plan.gpu_layers(), 32);
         assert_eq!(plan.context, 8192);
     }
 
@@ -555,7 +584,7 @@ mod tests {
         // 24 GiB: at 131072 the KV alone is 16 GiB; at 65536 everything fits.
         let lowered = plan(&llama_8b_q4(), &gpu(24), 64 * GIB, &wanted).unwrap();
         assert_eq!(lowered.context, 65_536);
-        assert_eq!(lowered.gpu_layers, 32);
+        assert_eq!(lowered.gpu_layers(), 32);
 
         let pinned = PlanRequest {
             pin_context: true,
@@ -563,7 +592,7 @@ mod tests {
         };
         let partial = plan(&llama_8b_q4(), &gpu(24), 64 * GIB, &pinned).unwrap();
         assert_eq!(partial.context, 131_072, "a pinned context is kept");
-        assert!(partial.gpu_layers < 32);
+        assert!(partial.gpu_layers() < 32);
 
         // Pinned and too large even for host memory: an error with both numbers.
         let err = plan(&llama_8b_q4(), &[], 8 * GIB, &pinned).unwrap_err();
@@ -583,5 +612,31 @@ mod tests {
         let err = plan(&llama_8b_q4(), &[], 4 * GIB, &PlanRequest::default()).unwrap_err();
         assert!(matches!(err, Error::InsufficientMemory { .. }), "{err}");
         assert!(err.to_string().contains("GiB"), "{err}");
+    }
+
+    #[test]
+    fn a_whole_model_backend_gets_every_layer_or_none() {
+        let whole = PlanRequest {
+            whole_model_only: true,
+            ..PlanRequest::default()
+        };
+        // The 8B Q4 model does not fit a 4 GiB GPU whole: the CPU takes it,
+        // at the context it would have had there, and the plan says why.
+        let plan = plan(&llama_8b_q4(), &gpu(4), 32 * GIB, &whole).unwrap();
+        assert_eq!(plan.gpu_layers(), 0);
+        assert_eq!(plan.placement.device, None);
+        assert_eq!(plan.context, 8192);
+        assert!(
+            plan.reasons
+                .iter()
+                .any(|r| r.contains("runs a model on one device")),
+            "{plan}"
+        );
+        let plan = plan_with(&qwen_0_5b(), &gpu(80), &whole);
+        assert!(plan.placement.whole_model_on_device(), "{plan}");
+    }
+
+    fn plan_with(model: &ModelFacts, gpus: &[DeviceBudget], request: &PlanRequest) -> LoadPlan {
+        plan(model, gpus, 32 * GIB, request).unwrap()
     }
 }

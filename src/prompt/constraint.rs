@@ -22,6 +22,7 @@ use llguidance::{Matcher, ParserFactory};
 use serde_json::{Value, json};
 
 use super::fields::{SignatureFields, ValueKind};
+use crate::error::message_cause;
 use crate::{Error, Result};
 
 /// Marker that ends every reply.
@@ -41,6 +42,53 @@ pub fn field_marker(name: &str) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutputConstraint {
     lark: String,
+    closing: ClosingPlan,
+}
+
+/// How a reply under a constraint can be brought to its end when the token
+/// budget runs short: the text that follows each part, and the shortest
+/// valid value of each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ClosingPlan {
+    /// A DSPy reply: its fields in order.
+    Fields(Vec<FieldClosing>),
+    /// One JSON value.
+    Json {
+        /// The shortest value the schema allows, if one could be found.
+        minimal: Option<String>,
+    },
+}
+
+/// One field of a DSPy reply, as the closing sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FieldClosing {
+    /// The line that opens the value (`[[ ## answer ## ]]\n`).
+    pub(crate) opening: String,
+    /// Free text (ends at its separator) rather than a typed value.
+    pub(crate) is_text: bool,
+    /// The shortest valid value.
+    pub(crate) minimal: String,
+    /// What follows the value: the next field's opening, or the completed marker.
+    pub(crate) separator: String,
+}
+
+impl ClosingPlan {
+    /// The text that completes a reply after field `index`'s value.
+    pub(crate) fn rest_after(&self, index: usize) -> String {
+        match self {
+            ClosingPlan::Fields(fields) => {
+                let mut rest = fields
+                    .get(index)
+                    .map_or_else(String::new, |f| f.separator.clone());
+                for field in fields.iter().skip(index + 1) {
+                    rest.push_str(&field.minimal);
+                    rest.push_str(&field.separator);
+                }
+                rest
+            }
+            ClosingPlan::Json { .. } => String::new(),
+        }
+    }
 }
 
 impl OutputConstraint {
@@ -51,6 +99,7 @@ impl OutputConstraint {
         let max_text_chars = max_text_chars.max(1);
         let mut start = Vec::new();
         let mut rules = Vec::new();
+        let mut closing = Vec::new();
         let outputs = &fields.outputs;
         start.push(lark_string(&format!(
             "{}\n",
@@ -63,12 +112,20 @@ impl OutputConstraint {
             };
             let rule = format!("value_{i}");
             start.push(rule.clone());
+            closing.push(FieldClosing {
+                opening: format!("{}\n", field_marker(&field.name)),
+                is_text: field.kind == ValueKind::Text,
+                minimal: minimal_value(&field.kind),
+                separator: separator.clone(),
+            });
             match &field.kind {
                 ValueKind::Text => {
                     // A lazy gen: the text ends at the first separator, which it
-                    // emits (suffix). Its body cannot contain `[[` and is bounded.
+                    // emits (suffix). Its body is bounded and cannot contain `[[`
+                    // or `[#` (nothing that starts like a marker, which small
+                    // models otherwise copy into values).
                     let body = format!(
-                        r"([^\s\[]|\[[^\[])([^\[]|\[[^\[]){{0,{}}}\[?",
+                        r"([^\s\[]|\[[^\[#])([^\[]|\[[^\[#]){{0,{}}}\[?",
                         max_text_chars - 1
                     );
                     rules.push(format!(
@@ -87,12 +144,129 @@ impl OutputConstraint {
         // same token as the marker).
         start.push(r#""\n"?"#.to_string());
         let lark = format!("start: {}\n{}\n", start.join(" "), rules.join("\n"));
-        OutputConstraint { lark }
+        OutputConstraint {
+            lark,
+            closing: ClosingPlan::Fields(closing),
+        }
+    }
+
+    /// A grammar for a reply that is one JSON value following `schema` (an
+    /// OpenAI `response_format`), compact, with strings and lists bounded
+    /// as for signature fields so that generation always ends.
+    pub fn json(schema: &Value, max_text_chars: usize) -> Self {
+        let mut schema = schema.clone();
+        bound_lengths(&mut schema, max_text_chars.max(1), false);
+        if let Value::Object(map) = &mut schema {
+            map.insert("x-guidance".into(), compact_json_options());
+        }
+        OutputConstraint {
+            lark: format!("start: %json {schema}\n"),
+            closing: ClosingPlan::Json {
+                minimal: minimal_json(&schema).map(|v| v.to_string()),
+            },
+        }
+    }
+
+    /// How to bring a reply to its end when the budget runs short.
+    pub(crate) fn closing(&self) -> &ClosingPlan {
+        &self.closing
     }
 
     /// The grammar in llguidance's Lark syntax.
     pub fn lark(&self) -> &str {
         &self.lark
+    }
+}
+
+/// The shortest valid value of a field, as the grammar writes it.
+fn minimal_value(kind: &ValueKind) -> String {
+    match kind {
+        ValueKind::Text => "-".into(),
+        ValueKind::Number => "0".into(),
+        ValueKind::Boolean => "false".into(),
+        other => {
+            minimal_json(&other.json_schema()).map_or_else(|| "null".into(), |v| v.to_string())
+        }
+    }
+}
+
+/// The smallest JSON instance of `schema`, where one is easy to name: `{}`
+/// with the required properties, `[]` (or `minItems` smallest items), `""`,
+/// `0` (or the minimum), `false`, `null`, the first `enum` or `anyOf` choice.
+/// `None` for what needs more (a string pattern, a length minimum).
+pub(crate) fn minimal_json(schema: &Value) -> Option<Value> {
+    let Value::Object(map) = schema else {
+        return Some(Value::Null);
+    };
+    if let Some(value) = map.get("const") {
+        return Some(value.clone());
+    }
+    if let Some(first) = map
+        .get("enum")
+        .and_then(Value::as_array)
+        .and_then(|e| e.first())
+    {
+        return Some(first.clone());
+    }
+    for key in ["anyOf", "oneOf"] {
+        if let Some(options) = map.get(key).and_then(Value::as_array) {
+            return options.iter().find_map(minimal_json);
+        }
+    }
+    let kind = match map.get("type") {
+        Some(Value::String(kind)) => kind.as_str(),
+        Some(Value::Array(kinds)) => kinds.first().and_then(Value::as_str).unwrap_or("null"),
+        _ if map.contains_key("properties") => "object",
+        _ => return Some(Value::Null),
+    };
+    match kind {
+        "object" => {
+            let properties = map.get("properties").and_then(Value::as_object);
+            let mut object = serde_json::Map::new();
+            for name in map
+                .get("required")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let name = name.as_str()?;
+                let property = properties
+                    .and_then(|p| p.get(name))
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                object.insert(name.to_string(), minimal_json(&property)?);
+            }
+            Some(Value::Object(object))
+        }
+        "array" => {
+            let count = map.get("minItems").and_then(Value::as_u64).unwrap_or(0);
+            let item = map.get("items").map_or(Some(Value::Null), minimal_json)?;
+            Some(Value::Array(vec![item; usize::try_from(count).ok()?]))
+        }
+        "string" => {
+            let needs_more = map.get("minLength").and_then(Value::as_u64).unwrap_or(0) > 0
+                || map.contains_key("pattern")
+                || map.contains_key("format");
+            (!needs_more).then(|| Value::String(String::new()))
+        }
+        "integer" | "number" => {
+            let low = map.get("minimum").and_then(Value::as_f64).unwrap_or(0.0);
+            let high = map.get("maximum").and_then(Value::as_f64).unwrap_or(0.0);
+            let value = if low > 0.0 {
+                low
+            } else if high < 0.0 {
+                high
+            } else {
+                0.0
+            };
+            if kind == "integer" {
+                Some(json!(value.ceil() as i64))
+            } else {
+                serde_json::Number::from_f64(value).map(Value::Number)
+            }
+        }
+        "boolean" => Some(Value::Bool(false)),
+        _ => Some(Value::Null),
     }
 }
 
@@ -110,12 +284,9 @@ fn typed_value(kind: &ValueKind, max_text_chars: usize) -> String {
         }
         other => {
             let mut schema = other.json_schema();
-            bound_schema(&mut schema, max_text_chars);
+            bound_lengths(&mut schema, max_text_chars, true);
             if let Value::Object(map) = &mut schema {
-                map.insert(
-                    "x-guidance".into(),
-                    json!({"whitespace_flexible": false, "item_separator": ",", "key_separator": ":"}),
-                );
+                map.insert("x-guidance".into(), compact_json_options());
             }
             format!("%json {schema}")
         }
@@ -127,16 +298,24 @@ fn lark_string(text: &str) -> String {
     Value::String(text.to_string()).to_string()
 }
 
+/// llguidance's options for JSON with no optional white space.
+fn compact_json_options() -> Value {
+    json!({"whitespace_flexible": false, "item_separator": ",", "key_separator": ":"})
+}
+
 /// Bounds every part of a JSON schema so generation always ends: strings get
-/// a length cap and a pattern that forbids `[[` (no forged markers), lists an
-/// item cap, integers a range.
-fn bound_schema(schema: &mut Value, max_text_chars: usize) {
+/// a length cap (and, in a DSPy reply, a pattern that forbids `[[`, so no
+/// marker can be forged), lists an item cap, integers a range. Bounds the
+/// schema already has are kept.
+fn bound_lengths(schema: &mut Value, max_text_chars: usize, forbid_markers: bool) {
     match schema {
         Value::Object(map) => {
             match map.get("type").and_then(Value::as_str) {
                 Some("string") => {
-                    map.entry("pattern")
-                        .or_insert_with(|| Value::String(r"^([^\[]|\[[^\[])*\[?$".into()));
+                    if forbid_markers {
+                        map.entry("pattern")
+                            .or_insert_with(|| Value::String(r"^([^\[]|\[[^\[])*\[?$".into()));
+                    }
                     map.entry("maxLength")
                         .or_insert_with(|| json!(max_text_chars));
                 }
@@ -153,12 +332,20 @@ fn bound_schema(schema: &mut Value, max_text_chars: usize) {
                 _ => {}
             }
             map.values_mut()
-                .for_each(|v| bound_schema(v, max_text_chars));
+                .for_each(|v| bound_lengths(v, max_text_chars, forbid_markers));
         }
         Value::Array(items) => items
             .iter_mut()
-            .for_each(|v| bound_schema(v, max_text_chars)),
+            .for_each(|v| bound_lengths(v, max_text_chars, forbid_markers)),
         _ => {}
+    }
+}
+
+/// An llguidance error (an `anyhow` error) as our error's source.
+fn engine_error(reason: &str, error: impl std::fmt::Display) -> Error {
+    Error::Constraint {
+        reason: reason.to_string(),
+        source: Some(message_cause(error)),
     }
 }
 
@@ -192,12 +379,13 @@ impl std::fmt::Debug for ConstraintCompiler {
 impl ConstraintCompiler {
     /// Indexes a vocabulary.
     pub fn new(vocabulary: &TokenVocabulary) -> Result<Self> {
-        let primary_eos = *vocabulary.end_of_generation.first().ok_or_else(|| {
-            Error::Constraint("the vocabulary has no end-of-generation token".into())
-        })?;
+        let primary_eos = *vocabulary
+            .end_of_generation
+            .first()
+            .ok_or_else(|| Error::constraint("the vocabulary has no end-of-generation token"))?;
         let vocab_size = vocabulary.tokens.len();
         let size = u32::try_from(vocab_size).map_err(|_| {
-            Error::Constraint(format!("vocabulary of {vocab_size} tokens is too large"))
+            Error::constraint(format!("vocabulary of {vocab_size} tokens is too large"))
         })?;
         let info = TokRxInfo::new(size, primary_eos);
         let trie =
@@ -215,8 +403,8 @@ impl ConstraintCompiler {
     }
 
     fn from_env(env: TokEnv, vocab_size: usize) -> Result<Self> {
-        let mut factory =
-            ParserFactory::new_simple(&env).map_err(|e| Error::Constraint(e.to_string()))?;
+        let mut factory = ParserFactory::new_simple(&env)
+            .map_err(|e| engine_error("indexing the vocabulary failed", e))?;
         factory.quiet();
         Ok(ConstraintCompiler {
             factory: Arc::new(factory),
@@ -230,7 +418,7 @@ impl ConstraintCompiler {
         let parser = self
             .factory
             .create_parser(grammar)
-            .map_err(|e| Error::Constraint(format!("the grammar does not compile: {e}")))?;
+            .map_err(|e| engine_error("the grammar does not compile", e))?;
         Ok(ConstraintMatcher {
             matcher: Matcher::new(Ok(parser)),
             tok_env: self.factory.tok_env().clone(),
@@ -259,7 +447,7 @@ impl ConstraintMatcher {
         let mask = self
             .matcher
             .compute_mask_or_eos()
-            .map_err(|e| Error::Constraint(e.to_string()))?;
+            .map_err(|e| engine_error("computing the token mask failed", e))?;
         // Ids past the vocabulary (padded output layers) are never allowed.
         let known = mask.len().min(logits.len());
         for (id, logit) in logits[..known].iter_mut().enumerate() {
@@ -278,12 +466,39 @@ impl ConstraintMatcher {
         }
         self.matcher
             .consume_token(token)
-            .map_err(|e| Error::Constraint(e.to_string()))
+            .map_err(|e| engine_error("the grammar rejected a token", e))
     }
 
     /// True once the grammar has been completed (only an end token may follow).
     pub fn is_complete(&mut self) -> bool {
         self.matcher.is_stopped() || self.matcher.is_accepting().unwrap_or(false)
+    }
+
+    /// `text` as tokens of this vocabulary (greedy longest match), for text
+    /// the reply must end with.
+    pub(crate) fn tokenize(&self, text: &str) -> Vec<u32> {
+        self.tok_env.tokenize_bytes(text.as_bytes())
+    }
+
+    /// Whether the grammar allows all of `tokens` from here (nothing changes).
+    pub(crate) fn validates(&mut self, tokens: &[u32]) -> bool {
+        matches!(self.matcher.validate_tokens(tokens), Ok(n) if n == tokens.len())
+    }
+
+    /// The bytes of a token of this vocabulary.
+    pub(crate) fn token_bytes(&self, token: u32) -> Vec<u8> {
+        self.tok_env.tok_trie().token(token).to_vec()
+    }
+
+    /// Advances by all of `tokens` if the grammar allows every one; otherwise
+    /// changes nothing and returns false.
+    pub(crate) fn accept_all(&mut self, tokens: &[u32]) -> bool {
+        self.validates(tokens) && self.matcher.consume_tokens(tokens).is_ok()
+    }
+
+    /// Takes back the last `tokens` tokens.
+    pub(crate) fn rollback(&mut self, tokens: usize) -> bool {
+        tokens == 0 || self.matcher.rollback(tokens).is_ok()
     }
 
     /// Feeds `text` token by token (tokenized greedily by the constraint's own

@@ -30,7 +30,8 @@ pub enum ValueKind {
     List(Box<ValueKind>),
     /// `Option<T>`: the value or JSON `null`.
     Optional(Box<ValueKind>),
-    /// A type with a JSON schema (a struct deriving `JsonSchema`): a JSON object.
+    /// A type with a JSON schema (a struct deriving `JsonSchema`, or a
+    /// schema a DSPy prompt states): JSON following it.
     Object(Value),
     /// A type we know nothing about: any JSON value.
     Any,
@@ -72,6 +73,32 @@ impl ValueKind {
                 }
                 _ => ValueKind::Any,
             },
+        }
+    }
+
+    /// The kind of values that follow a JSON schema: a whole schema
+    /// (`{"type": "array", …}`) or, as dspy-rs writes a struct's, just its
+    /// properties (`{"name": {…}, "population": {…}}`).
+    pub fn from_schema(schema: Value) -> Self {
+        const SCHEMA_KEYWORDS: [&str; 7] = [
+            "type",
+            "properties",
+            "items",
+            "anyOf",
+            "oneOf",
+            "enum",
+            "const",
+        ];
+        match &schema {
+            Value::Object(map) if SCHEMA_KEYWORDS.iter().any(|k| map.contains_key(*k)) => {
+                let mut schema = schema;
+                strip_unsupported_keywords(&mut schema);
+                ValueKind::Object(schema)
+            }
+            Value::Object(properties) if !properties.is_empty() => {
+                ValueKind::Object(object_schema(properties))
+            }
+            _ => ValueKind::Any,
         }
     }
 
@@ -183,11 +210,27 @@ impl SignatureFields {
         let inputs = field_list(&signature.input_fields(), "input")?;
         let outputs = field_list(&signature.output_fields(), "output")?;
         if outputs.is_empty() {
-            return Err(Error::InvalidSignature(
-                "the signature declares no output field".into(),
-            ));
+            return Err(Error::InvalidSignature {
+                reason: "the signature declares no output field".into(),
+            });
         }
         Ok(SignatureFields { inputs, outputs })
+    }
+
+    /// A JSON schema of an object holding every output field (DSPy's
+    /// `JSONAdapter` replies with one).
+    pub fn json_schema(&self) -> Value {
+        let properties: Map<String, Value> = self
+            .outputs
+            .iter()
+            .map(|f| (f.name.clone(), f.kind.json_schema()))
+            .collect();
+        let required: Vec<Value> = self
+            .outputs
+            .iter()
+            .map(|f| Value::String(f.name.clone()))
+            .collect();
+        json!({"type": "object", "properties": properties, "required": required, "additionalProperties": false})
     }
 
     /// The output field with this name.
@@ -197,8 +240,8 @@ impl SignatureFields {
 }
 
 fn field_list(fields: &Value, side: &str) -> Result<Vec<FieldSpec>> {
-    let map = fields.as_object().ok_or_else(|| {
-        Error::InvalidSignature(format!("{side} fields are not a JSON object: {fields}"))
+    let map = fields.as_object().ok_or_else(|| Error::InvalidSignature {
+        reason: format!("{side} fields are not a JSON object: {fields}"),
     })?;
     Ok(map
         .iter()

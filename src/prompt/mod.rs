@@ -14,8 +14,10 @@ mod constraint;
 mod fields;
 mod format;
 mod parse;
+mod recognize;
 mod render;
 
+pub(crate) use constraint::ClosingPlan;
 pub use constraint::{
     COMPLETED_MARKER, ConstraintCompiler, ConstraintMatcher, DEFAULT_MAX_TEXT_CHARS,
     OutputConstraint, TokenVocabulary, field_marker,
@@ -23,4 +25,5 @@ pub use constraint::{
 pub use fields::{FieldSpec, SignatureFields, ValueKind};
 pub use format::{format_chat, neutralize_markers};
 pub use parse::{MistypedField, ParseError, parse_reply};
-pub use render::{CHATML_TEMPLATE, ChatTemplate};
+pub use recognize::{DspyReply, dspy_fields, dspy_reply};
+pub use render::{CHATML_TEMPLATE, ChatTemplate, GEMMA_TEMPLATE};

@@ -7,8 +7,12 @@
 //! - `<think>…</think>` blocks are dropped;
 //! - a JSON object with the field names (also inside a ```` ```json ```` fence)
 //!   fills fields the markers did not give;
-//! - with a single output field and no marker, the whole reply is its value;
-//! - typed values are coerced (`"42"` → 42, `"yes"` → true, a list, an object).
+//! - `field: value` lines without markers (`Answer: Paris`, also `**Answer:**`
+//!   and `- answer:`) fill fields neither markers nor JSON gave;
+//! - with a single output field and no marker or label, the whole reply is its value;
+//! - typed values are coerced (`"42"` → 42, `"yes"` → true, a list, an
+//!   object), Python literals included (`['a', 'b']`, `True`, `None`,
+//!   `{'key': 1}`).
 //!
 //! When some field is missing or cannot be coerced the result is a
 //! [`ParseError`] naming each one and keeping what did parse.
@@ -54,19 +58,22 @@ pub struct ParseError {
 
 impl fmt::Display for ParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "the model's reply could not be parsed:")?;
+        let mut problems = Vec::new();
         if !self.missing.is_empty() {
-            write!(f, " missing field(s) {}", quoted(&self.missing))?;
+            problems.push(format!("missing field(s) {}", quoted(&self.missing)));
         }
         for m in &self.mistyped {
             let found: String = m.found.chars().take(80).collect();
-            write!(
-                f,
-                "; `{}` should be {} but is {found:?}",
+            problems.push(format!(
+                "`{}` should be {} but is {found:?}",
                 m.field, m.expected
-            )?;
+            ));
         }
-        Ok(())
+        write!(
+            f,
+            "the model's reply could not be parsed: {}",
+            problems.join("; ")
+        )
     }
 }
 
@@ -96,6 +103,11 @@ pub fn parse_reply(
             {
                 raw.insert(field.name.clone(), RawValue::Json(value.clone()));
             }
+        }
+    }
+    if fields.outputs.iter().any(|f| !raw.contains_key(&f.name)) {
+        for (name, text) in labeled_lines(&reply, fields) {
+            raw.entry(name).or_insert(RawValue::Text(text));
         }
     }
     if let [only] = fields.outputs.as_slice()
@@ -172,6 +184,57 @@ fn marker_sections(reply: &str, fields: &SignatureFields) -> HashMap<String, Raw
     sections
 }
 
+/// `field: value` lines, the shape a model writes when it drops the markers:
+/// a line that starts with an output field's name (any case, `_` or space,
+/// optionally bulleted or in `**bold**`) and a colon opens that field; its
+/// value runs to the next such line. The first line of a field wins.
+fn labeled_lines(reply: &str, fields: &SignatureFields) -> Vec<(String, String)> {
+    let mut found: Vec<(String, String)> = Vec::new();
+    let mut current: Option<usize> = None;
+    for line in reply.lines() {
+        match line_label(line, fields) {
+            Some((name, rest)) if !found.iter().any(|(n, _)| n == name) => {
+                found.push((name.to_string(), rest.to_string()));
+                current = Some(found.len() - 1);
+            }
+            Some(_) => current = None,
+            None => {
+                if let Some(i) = current {
+                    found[i].1.push('\n');
+                    found[i].1.push_str(line);
+                }
+            }
+        }
+    }
+    found
+        .into_iter()
+        .map(|(name, text)| (name, text.trim().to_string()))
+        .collect()
+}
+
+/// The output field a line is labelled with, and the text after the colon.
+fn line_label<'a>(line: &'a str, fields: &'a SignatureFields) -> Option<(&'a str, &'a str)> {
+    let line = line
+        .trim_start()
+        .trim_start_matches(['-', '*', '#', '•'])
+        .trim_start();
+    let (label, rest) = line.split_once(':')?;
+    let label = label.trim().trim_matches('*').trim();
+    let rest = rest.trim_start().trim_start_matches('*').trim_start();
+    let same = |name: &str| {
+        name.len() == label.len()
+            && name
+                .chars()
+                .zip(label.chars())
+                .all(|(a, b)| a.eq_ignore_ascii_case(&b) || (a == '_' && b == ' '))
+    };
+    fields
+        .outputs
+        .iter()
+        .find(|f| same(&f.name))
+        .map(|f| (f.name.as_str(), rest))
+}
+
 /// A JSON object in the reply: inside a code fence, or from the first `{` to the last `}`.
 fn json_object_in(reply: &str) -> Option<Map<String, Value>> {
     let fenced = JSON_FENCE
@@ -188,10 +251,84 @@ fn json_object_in(reply: &str) -> Option<Map<String, Value>> {
 }
 
 fn as_object(text: &str) -> Option<Map<String, Value>> {
-    match serde_json::from_str(text.trim()) {
-        Ok(Value::Object(map)) => Some(map),
+    match json_or_python(text) {
+        Some(Value::Object(map)) => Some(map),
         _ => None,
     }
+}
+
+/// A JSON value, or a Python literal read as one (`['a', 'b']`, `True`,
+/// `None`, `{'key': 1}`), which small models write for typed fields.
+fn json_or_python(text: &str) -> Option<Value> {
+    let text = text.trim();
+    serde_json::from_str(text)
+        .ok()
+        .or_else(|| serde_json::from_str(&python_to_json(text)?).ok())
+}
+
+/// Rewrites a Python literal as JSON: single-quoted strings become
+/// double-quoted ones, and `True`, `False`, `None` outside strings become
+/// `true`, `false`, `null`. `None` when the text has no Python in it.
+fn python_to_json(text: &str) -> Option<String> {
+    let mut out = String::with_capacity(text.len());
+    let mut changed = false;
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                // A JSON string: copy it whole, escapes included.
+                out.push(c);
+                while let Some(c) = chars.next() {
+                    out.push(c);
+                    match c {
+                        '\\' => out.extend(chars.next()),
+                        '"' => break,
+                        _ => {}
+                    }
+                }
+            }
+            '\'' => {
+                changed = true;
+                out.push('"');
+                while let Some(c) = chars.next() {
+                    match c {
+                        '\\' => match chars.next() {
+                            Some('\'') => out.push('\''),
+                            Some(other) => {
+                                out.push('\\');
+                                out.push(other);
+                            }
+                            None => {}
+                        },
+                        '\'' => break,
+                        '"' => out.push_str("\\\""),
+                        other => out.push(other),
+                    }
+                }
+                out.push('"');
+            }
+            c if c.is_ascii_alphabetic() => {
+                let mut word = String::from(c);
+                while let Some(&next) = chars.peek() {
+                    if !next.is_ascii_alphanumeric() && next != '_' {
+                        break;
+                    }
+                    word.push(next);
+                    chars.next();
+                }
+                let replaced = match word.as_str() {
+                    "True" => "true",
+                    "False" => "false",
+                    "None" => "null",
+                    other => other,
+                };
+                changed |= replaced != word;
+                out.push_str(replaced);
+            }
+            other => out.push(other),
+        }
+    }
+    changed.then_some(out)
 }
 
 fn coerce(raw: &RawValue, kind: &ValueKind) -> Option<Value> {
@@ -216,16 +353,16 @@ fn coerce_text(text: &str, kind: &ValueKind) -> Option<Value> {
                 coerce_text(text, inner)
             }
         }
-        ValueKind::List(item) => match serde_json::from_str::<Value>(text) {
-            Ok(value) => coerce_json(&value, kind),
-            Err(_) => list_from_lines(text, item),
+        ValueKind::List(item) => match json_or_python(text) {
+            Some(value) => coerce_json(&value, kind),
+            None => list_from_lines(text, item),
         },
-        ValueKind::Object(_) | ValueKind::Any => match serde_json::from_str::<Value>(text) {
-            Ok(value) => coerce_json(&value, kind),
-            Err(_) if *kind == ValueKind::Any && !text.is_empty() => {
+        ValueKind::Object(_) | ValueKind::Any => match json_or_python(text) {
+            Some(value) => coerce_json(&value, kind),
+            None if *kind == ValueKind::Any && !text.is_empty() => {
                 Some(Value::String(text.to_string()))
             }
-            Err(_) => None,
+            None => None,
         },
     }
 }
@@ -251,8 +388,8 @@ fn coerce_json(value: &Value, kind: &ValueKind) -> Option<Value> {
             .map(Value::Array),
         (ValueKind::List(_), Value::String(s)) => coerce_text(s, kind),
         (ValueKind::Object(_), Value::Object(_)) => Some(value.clone()),
-        (ValueKind::Object(_), Value::String(s)) => match serde_json::from_str::<Value>(s) {
-            Ok(v @ Value::Object(_)) => Some(v),
+        (ValueKind::Object(_), Value::String(s)) => match json_or_python(s) {
+            Some(v @ Value::Object(_)) => Some(v),
             _ => None,
         },
         _ => None,

@@ -4,7 +4,8 @@
 //! We render it with `minijinja` the way Hugging Face and llama.cpp do
 //! (`trim_blocks`, `lstrip_blocks`, Python string methods, `raise_exception`),
 //! passing `messages`, `add_generation_prompt`, `bos_token` and `eos_token`.
-//! A model without a template gets ChatML.
+//! A model without a template gets one by architecture, as llama.cpp picks
+//! one: Gemma's turns for the Gemma families, ChatML for the rest.
 
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use dspy_rs::{Chat, Message};
 use minijinja::{Environment, ErrorKind, context};
 use serde::Serialize;
 
+use crate::error::{TemplateStage, cause};
 use crate::{Error, Result};
 
 /// ChatML, used when a model ships no template (the format of Qwen, SmolLM and
@@ -19,6 +21,20 @@ use crate::{Error, Result};
 pub const CHATML_TEMPLATE: &str = "{% for message in messages %}\
 {{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}\
 {% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+/// Gemma's turns (llama.cpp's built-in `gemma` template, with the BOS the
+/// Gemma tokenizer configs print): roles `user` and `model`, no system role —
+/// a system message opens the first user turn, followed by a blank line.
+pub const GEMMA_TEMPLATE: &str = "{{ bos_token }}\
+{% set system = namespace(text='') %}\
+{% for message in messages %}\
+{% if message['role'] == 'system' %}{% set system.text = system.text + message['content'] + '\n\n' %}\
+{% else %}\
+{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}\
+{{ '<start_of_turn>' + role + '\n' + system.text + message['content'] | trim + '<end_of_turn>\n' }}\
+{% set system.text = '' %}\
+{% endif %}\
+{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}";
 
 const TEMPLATE_NAME: &str = "chat";
 
@@ -45,7 +61,7 @@ impl std::fmt::Debug for ChatTemplate {
 #[derive(Serialize)]
 struct TemplateMessage<'a> {
     role: &'a str,
-    content: String,
+    content: &'a str,
 }
 
 impl ChatTemplate {
@@ -70,14 +86,22 @@ impl ChatTemplate {
         .unwrap_or_else(|_| unreachable!("the built-in ChatML template compiles"))
     }
 
-    /// The model's template when it has one, ChatML otherwise.
-    pub fn from_model(
-        source: Option<String>,
-        bos_token: impl Into<String>,
-        eos_token: impl Into<String>,
+    /// The model's template when it has one; otherwise the one its
+    /// architecture uses (Gemma's turns for `gemma*`, ChatML for the rest).
+    pub fn for_model(
+        source: Option<&str>,
+        architecture: &str,
+        bos_token: &str,
+        eos_token: &str,
     ) -> Result<Self> {
         match source.filter(|s| !s.trim().is_empty()) {
             Some(source) => Self::new(source, bos_token, eos_token),
+            None if architecture.starts_with("gemma") => Self::build(
+                GEMMA_TEMPLATE.to_string(),
+                bos_token.to_string(),
+                eos_token.to_string(),
+                true,
+            ),
             None => Ok(Self::chatml(bos_token, eos_token)),
         }
     }
@@ -99,7 +123,7 @@ impl ChatTemplate {
             },
         );
         env.add_template_owned(TEMPLATE_NAME, source.clone())
-            .map_err(|e| Error::ChatTemplate(format!("the template does not compile: {e}")))?;
+            .map_err(|e| template_error(TemplateStage::Compile, e))?;
         Ok(ChatTemplate {
             env: Arc::new(env),
             source: source.into(),
@@ -124,7 +148,7 @@ impl ChatTemplate {
         &self.eos_token
     }
 
-    /// True when this is the ChatML fallback rather than the model's own template.
+    /// True when this is a built-in template (ChatML or Gemma's) rather than the model's own.
     pub fn is_fallback(&self) -> bool {
         self.is_fallback
     }
@@ -143,18 +167,32 @@ impl ChatTemplate {
 
     /// Renders `chat`; `add_generation_prompt` opens the assistant's turn at the end.
     pub fn render_with(&self, chat: &Chat, add_generation_prompt: bool) -> Result<String> {
-        let messages: Vec<TemplateMessage<'_>> = chat
+        let turns: Vec<(String, String)> = chat
             .messages
             .iter()
-            .map(|message| TemplateMessage {
-                role: role_of(message),
-                content: message.content(),
+            .map(|message| (role_of(message).to_string(), message.content()))
+            .collect();
+        self.render_turns(&turns, add_generation_prompt)
+    }
+
+    /// Renders a conversation given as `(role, content)` turns (`system`,
+    /// `user`, `assistant`, `tool`), as an OpenAI request carries it.
+    pub fn render_turns(
+        &self,
+        turns: &[(String, String)],
+        add_generation_prompt: bool,
+    ) -> Result<String> {
+        let messages: Vec<TemplateMessage<'_>> = turns
+            .iter()
+            .map(|(role, content)| TemplateMessage {
+                role,
+                content: content.as_str(),
             })
             .collect();
         let template = self
             .env
             .get_template(TEMPLATE_NAME)
-            .map_err(|e| Error::ChatTemplate(e.to_string()))?;
+            .map_err(|e| template_error(TemplateStage::Render, e))?;
         template
             .render(context! {
                 messages => messages,
@@ -162,7 +200,14 @@ impl ChatTemplate {
                 bos_token => self.bos_token,
                 eos_token => self.eos_token,
             })
-            .map_err(|e| Error::ChatTemplate(format!("rendering failed: {e}")))
+            .map_err(|e| template_error(TemplateStage::Render, e))
+    }
+}
+
+fn template_error(stage: TemplateStage, error: minijinja::Error) -> Error {
+    Error::ChatTemplate {
+        stage,
+        source: cause(error),
     }
 }
 
@@ -193,7 +238,16 @@ mod tests {
     #[test]
     fn a_template_that_does_not_compile_is_an_error() {
         let err = ChatTemplate::new("{% for %}", "", "").unwrap_err();
-        assert!(matches!(err, Error::ChatTemplate(_)), "{err}");
+        assert!(
+            matches!(
+                err,
+                Error::ChatTemplate {
+                    stage: TemplateStage::Compile,
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]
@@ -201,6 +255,33 @@ mod tests {
         let template =
             ChatTemplate::new("{{ raise_exception('no system role') }}", "", "").unwrap();
         let err = template.render(&Chat::new(vec![])).unwrap_err();
-        assert!(err.to_string().contains("no system role"), "{err}");
+        let cause = std::error::Error::source(&err).map(ToString::to_string);
+        assert!(cause.is_some_and(|c| c.contains("no system role")), "{err}");
+    }
+
+    #[test]
+    fn models_without_a_template_get_their_architectures_turns() {
+        let chat = Chat::new(vec![
+            Message::system("Be brief."),
+            Message::user("Hi"),
+            Message::assistant("Hello"),
+            Message::user("Capital of France?"),
+        ]);
+        let gemma = ChatTemplate::for_model(None, "gemma3", "<bos>", "<eos>").unwrap();
+        assert_eq!(
+            gemma.render(&chat).unwrap(),
+            "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n\
+             <start_of_turn>model\nHello<end_of_turn>\n\
+             <start_of_turn>user\nCapital of France?<end_of_turn>\n\
+             <start_of_turn>model\n"
+        );
+        let llama = ChatTemplate::for_model(Some("  "), "llama", "<s>", "</s>").unwrap();
+        assert!(llama.is_fallback());
+        assert!(
+            llama
+                .render(&chat)
+                .unwrap()
+                .starts_with("<|im_start|>system\nBe brief.")
+        );
     }
 }

@@ -1,9 +1,14 @@
 //! Test support, behind the `test-utils` feature: a scripted backend that
-//! needs no model, and small GGUF models written on the fly.
+//! needs no model, and small GGUF models written on the fly. Not covered by
+//! semver: it changes with the crate's own tests.
 
+mod gguf_writer;
 mod mock;
 mod model_builder;
+#[cfg(feature = "task-data")]
 pub mod tasks;
+#[cfg(feature = "candle")]
+mod tokenizer;
 
 use std::path::PathBuf;
 
@@ -11,6 +16,8 @@ pub use mock::ScriptedBackend;
 pub use model_builder::{
     BYTE_LEVEL_SPECIAL_TOKENS, TestArchitecture, TestModelSpec, TestTokenizer, WeightType,
 };
+#[cfg(feature = "candle")]
+pub use tokenizer::GgufTokenizer;
 
 /// `<relative>` under the shared models folder, when present: the folder named
 /// by `DSRS_SHARED_MODELS`, else `../shared/models` beside this checkout.
@@ -23,7 +30,7 @@ pub fn shared_model(relative: &str) -> Option<PathBuf> {
     path.is_file().then_some(path)
 }
 
-/// The crate's own small model, trained on [`tasks`] by `tools/train-tiny`
+/// The crate's own small model, trained on the task families of `tasks` by `tools/train-tiny`
 /// and committed at `models/dsrs-tiny.gguf`: it answers those tasks
 /// correctly, so tests and examples can check real answers.
 pub fn task_model_path() -> PathBuf {

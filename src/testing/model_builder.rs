@@ -6,17 +6,13 @@
 //! built here: a byte-level BPE vocabulary with ChatML special tokens.
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
-use candle_core::quantized::gguf_file::{self, Value};
-use candle_core::quantized::{GgmlDType, QTensor};
-use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::gguf::gpt2_byte_char;
+use super::gguf_writer::{Encoding, TensorEntry, write_gguf};
+use crate::gguf::{GgufHeader, MetadataValue as Value, gpt2_byte_char};
 use crate::{Error, Result};
 
 /// How the weights are stored.
@@ -95,6 +91,8 @@ pub struct TestModelSpec {
     /// No `output.weight`: the token embedding also projects to the
     /// vocabulary, as in Qwen2.5-0.5B's file.
     pub tied_embeddings: bool,
+    /// Replaces the vocabulary's chat template (`Some("")` removes it).
+    pub chat_template: Option<String>,
 }
 
 impl TestModelSpec {
@@ -114,6 +112,7 @@ impl TestModelSpec {
             family: TestArchitecture::Llama,
             architecture: "llama".into(),
             tied_embeddings: false,
+            chat_template: None,
         }
     }
 
@@ -134,6 +133,7 @@ impl TestModelSpec {
             family: TestArchitecture::Llama,
             architecture: "llama".into(),
             tied_embeddings: false,
+            chat_template: None,
         }
     }
 
@@ -153,6 +153,7 @@ impl TestModelSpec {
             family: TestArchitecture::Llama,
             architecture: "llama".into(),
             tied_embeddings: false,
+            chat_template: None,
         }
     }
 
@@ -178,6 +179,13 @@ impl TestModelSpec {
         self
     }
 
+    /// Replaces the chat template of the file (an empty one removes it).
+    #[must_use]
+    pub fn with_chat_template(mut self, template: impl Into<String>) -> Self {
+        self.chat_template = Some(template.into());
+        self
+    }
+
     /// Sets `general.architecture` alone.
     #[must_use]
     pub fn with_architecture(mut self, architecture: impl Into<String>) -> Self {
@@ -189,7 +197,7 @@ impl TestModelSpec {
     pub fn write(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
         let fail = |e: &dyn std::fmt::Display| {
-            Error::InvalidConfig(format!("writing test model {}: {e}", path.display()))
+            Error::config(format!("writing test model {}: {e}", path.display()))
         };
         if self.heads == 0
             || !self.hidden.is_multiple_of(self.heads)
@@ -206,50 +214,51 @@ impl TestModelSpec {
             _ => return Err(fail(&"the tokenizer has no token list")),
         };
         metadata.extend(self.hyperparameters(vocab));
+        match self.chat_template.as_deref() {
+            Some("") => {
+                metadata.remove("tokenizer.chat_template");
+            }
+            Some(template) => {
+                metadata.insert(
+                    "tokenizer.chat_template".into(),
+                    Value::String(template.into()),
+                );
+            }
+            None => {}
+        }
 
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
-        let mut tensors: Vec<(String, QTensor)> = Vec::new();
-        let weight = |rows: usize, cols: usize, rng: &mut ChaCha8Rng| -> Result<QTensor> {
-            let tensor = random_tensor(rng, rows, cols, self.scale).map_err(|e| fail(&e))?;
-            quantize(&tensor, cols, self.weights).map_err(|e| fail(&e))
-        };
-        let norm = |n: usize| -> Result<QTensor> {
-            let ones =
-                Tensor::ones(n, candle_core::DType::F32, &Device::Cpu).map_err(|e| fail(&e))?;
-            QTensor::quantize(&ones, GgmlDType::F32).map_err(|e| fail(&e))
-        };
+        let mut tensors: Vec<TensorEntry> = Vec::new();
         for (name, rows, cols) in self.weight_shapes(vocab) {
-            tensors.push((name, weight(rows, cols, &mut rng)?));
+            let values = random_values(&mut rng, rows * cols, self.scale);
+            tensors.push(TensorEntry::new(
+                name,
+                rows,
+                &values,
+                storage_type(cols, self.weights),
+            ));
         }
+        let norm = |name: String, n: usize| TensorEntry::new(name, 1, &vec![1.0; n], Encoding::F32);
         // Family extras come from a second stream, so llama weights stay the same.
         let mut extra_rng = ChaCha8Rng::seed_from_u64(self.seed.wrapping_add(1));
         for layer in 0..self.layers {
-            tensors.push((format!("blk.{layer}.attn_norm.weight"), norm(self.hidden)?));
-            tensors.push((format!("blk.{layer}.ffn_norm.weight"), norm(self.hidden)?));
+            tensors.push(norm(format!("blk.{layer}.attn_norm.weight"), self.hidden));
+            tensors.push(norm(format!("blk.{layer}.ffn_norm.weight"), self.hidden));
             for (name, len) in self.extra_vectors() {
-                let tensor = if name.contains("norm") {
-                    norm(len)?
+                let name = format!("blk.{layer}.{name}");
+                tensors.push(if name.contains("norm") {
+                    norm(name, len)
                 } else {
-                    let values = random_tensor(&mut extra_rng, 1, len, self.scale)
-                        .and_then(|t| t.squeeze(0))
-                        .map_err(|e| fail(&e))?;
-                    QTensor::quantize(&values, GgmlDType::F32).map_err(|e| fail(&e))?
-                };
-                tensors.push((format!("blk.{layer}.{name}"), tensor));
+                    let values = random_values(&mut extra_rng, len, self.scale);
+                    TensorEntry::new(name, 1, &values, Encoding::F32)
+                });
             }
         }
-        tensors.push(("output_norm.weight".into(), norm(self.hidden)?));
+        tensors.push(norm("output_norm.weight".into(), self.hidden));
 
-        let mut keys: Vec<&String> = metadata.keys().collect();
-        keys.sort();
-        let metadata_refs: Vec<(&str, &Value)> =
-            keys.iter().map(|k| (k.as_str(), &metadata[*k])).collect();
-        let tensor_refs: Vec<(&str, &QTensor)> =
-            tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-        let file = File::create(path).map_err(|e| fail(&e))?;
-        let mut writer = BufWriter::new(file);
-        gguf_file::write(&mut writer, &metadata_refs, &tensor_refs).map_err(|e| fail(&e))?;
-        Ok(())
+        let mut metadata: Vec<(String, Value)> = metadata.into_iter().collect();
+        metadata.sort_by(|a, b| a.0.cmp(&b.0));
+        write_gguf(path, &metadata, &tensors).map_err(|e| fail(&e))
     }
 
     /// The architecture keys of the header (`general.architecture`,
@@ -257,7 +266,7 @@ impl TestModelSpec {
     /// writer of this shape's weights puts beside the tokenizer.
     pub fn hyperparameters(&self, vocab: usize) -> Vec<(String, Value)> {
         let head_dim = self.hidden / self.heads.max(1);
-        let u32_of = |n: usize| Value::U32(n as u32);
+        let u32_of = |n: usize| Value::Uint(n as u64);
         [
             (
                 "general.architecture",
@@ -276,8 +285,8 @@ impl TestModelSpec {
             ("attention.key_length", u32_of(head_dim)),
             ("attention.value_length", u32_of(head_dim)),
             ("rope.dimension_count", u32_of(head_dim)),
-            ("rope.freq_base", Value::F32(10_000.0)),
-            ("attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
+            ("rope.freq_base", Value::Float(10_000.0)),
+            ("attention.layer_norm_rms_epsilon", Value::Float(1e-5)),
             ("vocab_size", u32_of(vocab)),
         ]
         .into_iter()
@@ -337,19 +346,13 @@ impl TestModelSpec {
     /// What load sizing reads from the header of the file [`write`](Self::write)
     /// makes, computed without writing it (to plan the large shapes).
     pub fn facts(&self) -> Result<crate::pool::plan::ModelFacts> {
-        let metadata = self.tokenizer_metadata().map_err(Error::InvalidConfig)?;
+        let metadata = self.tokenizer_metadata().map_err(Error::config)?;
         let vocab = match metadata.get("tokenizer.ggml.tokens") {
             Some(Value::Array(tokens)) => tokens.len(),
-            _ => {
-                return Err(Error::InvalidConfig(
-                    "the tokenizer has no token list".into(),
-                ));
-            }
+            _ => return Err(Error::config("the tokenizer has no token list")),
         };
-        let bytes = |rows: usize, cols: usize| -> u64 {
-            let dtype = storage_type(cols, self.weights);
-            ((rows * cols / dtype.block_size()) * dtype.type_size()) as u64
-        };
+        let bytes =
+            |rows: usize, cols: usize| storage_type(cols, self.weights).bytes(rows * cols) as u64;
         let norm_bytes = (self.hidden * 4) as u64;
         let extra_bytes: u64 = self
             .extra_vectors()
@@ -387,9 +390,8 @@ impl TestModelSpec {
     fn tokenizer_metadata(&self) -> std::result::Result<HashMap<String, Value>, String> {
         match &self.tokenizer {
             TestTokenizer::CopyFrom(path) => {
-                let mut file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-                let content = gguf_file::Content::read(&mut file).map_err(|e| e.to_string())?;
-                Ok(content
+                let header = GgufHeader::read(path).map_err(|e| e.to_string())?;
+                Ok(header
                     .metadata
                     .into_iter()
                     .filter(|(k, _)| k.starts_with("tokenizer."))
@@ -400,33 +402,23 @@ impl TestModelSpec {
     }
 }
 
-fn random_tensor(
-    rng: &mut ChaCha8Rng,
-    rows: usize,
-    cols: usize,
-    scale: f32,
-) -> candle_core::Result<Tensor> {
-    // Uniform in [-√3σ, √3σ]: standard deviation σ, cheap to draw.
+/// `count` values uniform in [-√3σ, √3σ]: standard deviation σ, cheap to draw.
+fn random_values(rng: &mut ChaCha8Rng, count: usize, scale: f32) -> Vec<f32> {
     let bound = scale * 3f32.sqrt();
-    let values: Vec<f32> = (0..rows * cols)
+    (0..count)
         .map(|_| rng.random_range(-bound..bound))
-        .collect();
-    Tensor::from_vec(values, (rows, cols), &Device::Cpu)
+        .collect()
 }
 
-fn quantize(tensor: &Tensor, row_len: usize, weights: WeightType) -> candle_core::Result<QTensor> {
-    QTensor::quantize(tensor, storage_type(row_len, weights))
-}
-
-/// The ggml type a weight matrix with rows of `row_len` is stored in.
-fn storage_type(row_len: usize, weights: WeightType) -> GgmlDType {
+/// The encoding of a weight matrix with rows of `row_len`.
+fn storage_type(row_len: usize, weights: WeightType) -> Encoding {
     match weights {
-        WeightType::F32 => GgmlDType::F32,
-        WeightType::F16 => GgmlDType::F16,
-        WeightType::Q8_0 if row_len.is_multiple_of(32) => GgmlDType::Q8_0,
-        WeightType::Q4K if row_len.is_multiple_of(256) => GgmlDType::Q4K,
-        WeightType::Q4K if row_len.is_multiple_of(32) => GgmlDType::Q8_0,
-        WeightType::Q8_0 | WeightType::Q4K => GgmlDType::F16,
+        WeightType::F32 => Encoding::F32,
+        WeightType::F16 => Encoding::F16,
+        WeightType::Q8_0 if row_len.is_multiple_of(32) => Encoding::Q8_0,
+        WeightType::Q4K if row_len.is_multiple_of(256) => Encoding::Q4K,
+        WeightType::Q4K if row_len.is_multiple_of(32) => Encoding::Q8_0,
+        WeightType::Q8_0 | WeightType::Q4K => Encoding::F16,
     }
 }
 
@@ -437,7 +429,7 @@ pub const BYTE_LEVEL_SPECIAL_TOKENS: [&str; 3] = ["<|endoftext|>", "<|im_start|>
 /// `<|im_end|>` ends generation.
 fn byte_level_tokenizer() -> HashMap<String, Value> {
     let mut tokens: Vec<String> = (0..=255u8).map(|b| gpt2_byte_char(b).to_string()).collect();
-    let mut types: Vec<Value> = vec![Value::I32(1); tokens.len()];
+    let mut types: Vec<Value> = vec![Value::Int(1); tokens.len()];
     let space = gpt2_byte_char(b' ');
     let merges: Vec<(String, String)> = [
         ("t", "h"),
@@ -456,12 +448,12 @@ fn byte_level_tokenizer() -> HashMap<String, Value> {
     .collect();
     for (a, b) in &merges {
         tokens.push(format!("{a}{b}"));
-        types.push(Value::I32(1));
+        types.push(Value::Int(1));
     }
     let first_special = tokens.len() as u32;
     for special in BYTE_LEVEL_SPECIAL_TOKENS {
         tokens.push(special.to_string());
-        types.push(Value::I32(3));
+        types.push(Value::Int(3));
     }
     let chatml = crate::prompt::CHATML_TEMPLATE.to_string();
     HashMap::from([
@@ -483,15 +475,15 @@ fn byte_level_tokenizer() -> HashMap<String, Value> {
         ),
         (
             "tokenizer.ggml.bos_token_id".into(),
-            Value::U32(first_special),
+            Value::Uint(u64::from(first_special)),
         ),
         (
             "tokenizer.ggml.eos_token_id".into(),
-            Value::U32(first_special + 2),
+            Value::Uint(u64::from(first_special + 2)),
         ),
         (
             "tokenizer.ggml.padding_token_id".into(),
-            Value::U32(first_special),
+            Value::Uint(u64::from(first_special)),
         ),
         ("tokenizer.ggml.add_bos_token".into(), Value::Bool(false)),
         ("tokenizer.chat_template".into(), Value::String(chatml)),

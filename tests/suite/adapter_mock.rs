@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use dspy_rs::{Predict, Predictor, configure, example};
 use dsrs_local::testing::ScriptedBackend;
-use dsrs_local::{GenerationConfig, LocalAdapter, local_lm, local_lm_with};
+use dsrs_local::{GenerationConfig, LocalAdapter};
 use serde_json::json;
 
-use crate::support::GLOBAL_CONFIG;
+use crate::support::{GLOBAL_CONFIG, LmSettings};
 use crate::{MultiField, QA};
 
 #[tokio::test]
@@ -17,10 +17,8 @@ async fn predict_forward_through_configure() {
         "[[ ## answer ## ]]\nParis\n\n[[ ## completed ## ]]",
     ]));
     let _guard = GLOBAL_CONFIG.lock().await;
-    configure(
-        local_lm().await.unwrap(),
-        LocalAdapter::new(Arc::clone(&backend), GenerationConfig::default()),
-    );
+    let adapter = LocalAdapter::new(Arc::clone(&backend), GenerationConfig::default());
+    configure(adapter.lm().await.unwrap(), adapter);
 
     let prediction = Predict::new(QA::new())
         .forward(example! { "question": "input" => "What is the capital of France?" })
@@ -60,11 +58,11 @@ async fn predict_forward_through_configure() {
 async fn lm_settings_reach_the_backend_unless_overridden() {
     let reply = "[[ ## answer ## ]]\nok\n\n[[ ## completed ## ]]";
     let backend = Arc::new(ScriptedBackend::always(reply));
-    let lm = Arc::new(local_lm_with(0.6, 77).await.unwrap());
+    let adapter = LocalAdapter::new(Arc::clone(&backend), GenerationConfig::default());
+    let lm = Arc::new(adapter.lm().await.unwrap().with_settings(0.6, 77));
     let signature = QA::new();
     let inputs = example! { "question": "input" => "q" };
 
-    let adapter = LocalAdapter::new(Arc::clone(&backend), GenerationConfig::default());
     dspy_rs::adapter::Adapter::call(
         &adapter,
         Arc::clone(&lm),
@@ -105,7 +103,7 @@ async fn an_unparseable_reply_is_an_error_naming_the_fields() {
         "[[ ## doubled ## ]]\nmany\n\n[[ ## completed ## ]]",
     ));
     let adapter = LocalAdapter::new(backend, GenerationConfig::default());
-    let lm = Arc::new(local_lm().await.unwrap());
+    let lm = Arc::new(adapter.lm().await.unwrap());
     let inputs = example! { "number": "input" => 3, "language": "input" => "en" };
     let err = dspy_rs::adapter::Adapter::call(&adapter, lm, &MultiField::new(), inputs, vec![])
         .await
@@ -149,7 +147,7 @@ async fn many_concurrent_calls_all_complete() {
         Arc::clone(&backend),
         GenerationConfig::default().with_max_concurrency(3),
     ));
-    let lm = Arc::new(local_lm().await.unwrap());
+    let lm = Arc::new(adapter.lm().await.unwrap());
     let calls = (0..32).map(|i| {
         let adapter = Arc::clone(&adapter);
         let lm = Arc::clone(&lm);

@@ -23,13 +23,13 @@ impl Harness for Candle {
     fn adapter_on(
         path: &Path,
         config: GenerationConfig,
-        context_length: u32,
+        context_length: usize,
     ) -> Result<CandleAdapter, Error> {
         let model = CandleModel::load(path, CandleLoadOptions::default())?;
         Ok(CandleAdapter::from_loaded_model(
             Arc::new(model),
             CandleConfig::default()
-                .with_context_length(context_length as usize)
+                .with_context_length(context_length)
                 .with_generation(config),
         ))
     }
@@ -75,7 +75,7 @@ fn candle_caps_the_window_at_the_trained_context() {
     assert_eq!(model.max_positions(), 8192);
     let backend = CandleBackend::new(model, &CandleConfig::default().with_context_length(100_000));
     assert_eq!(
-        backend.context_length(),
+        dsrs_local::Backend::context_length(&backend),
         8192,
         "a larger request is capped at the trained context"
     );

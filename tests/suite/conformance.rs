@@ -14,11 +14,10 @@ use dsrs_local::testing::tasks::{TaskExample, TaskFamily, TaskStream, score};
 use dsrs_local::testing::{TestModelSpec, chat_tokenizer, task_model_path};
 use dsrs_local::{
     Backend, Error, FinishReason, GenerationConfig, GenerationRequest, LocalAdapter, Sampling,
-    local_lm, local_lm_with,
 };
 use serde_json::Value;
 
-use crate::support::GLOBAL_CONFIG;
+use crate::support::{GLOBAL_CONFIG, LmSettings};
 use crate::{Arithmetic, CapitalFacts, MultiField, QA};
 
 /// How the suite reaches a backend.
@@ -29,7 +28,7 @@ pub trait Harness: 'static {
     fn adapter_on(
         path: &Path,
         config: GenerationConfig,
-        context_length: u32,
+        context_length: usize,
     ) -> Result<LocalAdapter<Self::Backend>, Error>;
     /// An adapter on the shared tiny chat model (loaded once per test process).
     fn adapter(config: GenerationConfig) -> LocalAdapter<Self::Backend>;
@@ -69,7 +68,8 @@ fn text(prediction: &Prediction, field: &str) -> String {
 
 pub async fn qa_returns_its_field<H: Harness>() {
     let _guard = GLOBAL_CONFIG.lock().await;
-    configure(local_lm().await.unwrap(), H::adapter(test_config()));
+    let configured = H::adapter(test_config());
+    configure(configured.lm().await.unwrap(), configured);
     let prediction = Predict::new(QA::new())
         .forward(example! { "question": "input" => "What is the capital of France?" })
         .await
@@ -79,7 +79,8 @@ pub async fn qa_returns_its_field<H: Harness>() {
 
 pub async fn typed_outputs_have_their_declared_types<H: Harness>() {
     let _guard = GLOBAL_CONFIG.lock().await;
-    configure(local_lm().await.unwrap(), H::adapter(test_config()));
+    let configured = H::adapter(test_config());
+    configure(configured.lm().await.unwrap(), configured);
     let prediction = Predict::new(MultiField::new())
         .forward(example! { "number": "input" => 21, "language": "input" => "English" })
         .await
@@ -113,7 +114,8 @@ pub async fn typed_outputs_have_their_declared_types<H: Harness>() {
 
 pub async fn chain_of_thought_gives_reasoning_then_answer<H: Harness>() {
     let _guard = GLOBAL_CONFIG.lock().await;
-    configure(local_lm().await.unwrap(), H::adapter(test_config()));
+    let configured = H::adapter(test_config());
+    configure(configured.lm().await.unwrap(), configured);
     let prediction = Predict::new(Arithmetic::new())
         .forward(example! { "a": "input" => 2, "b": "input" => 3 })
         .await
@@ -136,14 +138,15 @@ pub async fn demos_are_used<H: Harness>() {
         prompt.contains("2+2?") && prompt.contains("[[ ## answer ## ]]\n4"),
         "{prompt}"
     );
-    let lm = Arc::new(local_lm().await.unwrap());
+    let lm = Arc::new(adapter.lm().await.unwrap());
     let prediction = adapter.call(lm, &signature, inputs, vec![]).await.unwrap();
     text(&prediction, "answer");
 }
 
 pub async fn thirty_two_concurrent_calls_complete<H: Harness>() {
     let _guard = GLOBAL_CONFIG.lock().await;
-    configure(local_lm().await.unwrap(), H::adapter(test_config()));
+    let configured = H::adapter(test_config());
+    configure(configured.lm().await.unwrap(), configured);
     let inputs = (0..32)
         .map(|i| example! { "question": "input" => format!("Question number {i}?") })
         .collect();
@@ -156,7 +159,11 @@ pub async fn thirty_two_concurrent_calls_complete<H: Harness>() {
 }
 
 pub async fn seeded_sampling_and_greedy_are_deterministic<H: Harness>() {
-    let lm = local_lm_with(0.9, 400).await.unwrap();
+    let lm = H::adapter(test_config())
+        .lm()
+        .await
+        .unwrap()
+        .with_settings(0.9, 400);
     let inputs = example! { "question": "input" => "Name a colour." };
     let run = |config: GenerationConfig| {
         let adapter = H::adapter(config);
@@ -180,7 +187,7 @@ pub async fn seeded_sampling_and_greedy_are_deterministic<H: Harness>() {
 
 pub async fn usage_is_the_real_token_count<H: Harness>() {
     let adapter = H::adapter(test_config());
-    let lm = local_lm().await.unwrap();
+    let lm = adapter.lm().await.unwrap();
     let inputs = example! { "question": "input" => "How many tokens is this?" };
     let prompt = adapter.render_prompt(&QA::new(), &inputs).unwrap();
     let (_, generation) = adapter.predict(&lm, &QA::new(), &inputs).await.unwrap();
@@ -238,7 +245,7 @@ pub async fn bad_model_files_are_typed_errors<H: Harness>() {
 
 pub async fn a_prompt_longer_than_the_context_is_an_error_with_both_numbers<H: Harness>() {
     let adapter = H::adapter_on(&TINY_CHAT_MODEL.1, test_config(), 128).unwrap();
-    let lm = Arc::new(local_lm().await.unwrap());
+    let lm = Arc::new(adapter.lm().await.unwrap());
     let long_question = "Why is the sky blue? ".repeat(200);
     let err = adapter
         .call(
@@ -280,6 +287,7 @@ pub async fn a_context_that_fills_while_generating_ends_with_length<H: Harness>(
         max_tokens: 1_000,
         stop: vec![],
         constraint: Some(OutputConstraint::for_fields(&fields, 5_000)),
+        control: Default::default(),
     };
     let generation = adapter.generate(request).await.unwrap();
     assert_eq!(
@@ -289,6 +297,56 @@ pub async fn a_context_that_fills_while_generating_ends_with_length<H: Harness>(
     );
     // Every position holds a token; the last sampled one needs no slot of its own.
     assert_eq!(generation.prompt_tokens + generation.completion_tokens, 257);
+}
+
+fn raw_request(prompt: &str) -> GenerationRequest {
+    GenerationRequest {
+        prompt: prompt.into(),
+        sampling: Sampling::greedy(),
+        max_tokens: 8,
+        stop: vec![],
+        constraint: None,
+        control: Default::default(),
+    }
+}
+
+pub async fn an_empty_prompt_is_a_typed_error_and_the_adapter_still_answers<H: Harness>() {
+    let adapter = H::adapter_on(&TINY_CHAT_MODEL.1, test_config(), 512).unwrap();
+    for prompt in ["", " \n\t "] {
+        let err = adapter.generate(raw_request(prompt)).await.unwrap_err();
+        assert!(matches!(err, Error::EmptyPrompt), "{prompt:?}: {err}");
+        // The same adapter (and its worker) answers the next call.
+        let next = adapter.generate(raw_request("Once upon a time")).await;
+        assert!(next.unwrap().completion_tokens > 0);
+    }
+
+    // Through `Predict`: a model whose chat template renders only white space.
+    let dir = tempfile::tempdir().unwrap();
+    let blank = dir.path().join("blank-template.gguf");
+    TestModelSpec::tiny(chat_tokenizer())
+        .with_chat_template("{{ '  ' }}")
+        .write(&blank)
+        .unwrap();
+    let adapter = H::adapter_on(&blank, test_config(), 512).unwrap();
+    let _guard = GLOBAL_CONFIG.lock().await;
+    let configured = adapter.clone();
+    configure(configured.lm().await.unwrap(), configured);
+    let err = Predict::new(QA::new())
+        .forward(example! { "question": "input" => "Anyone there?" })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err.downcast_ref::<Error>(), Some(Error::EmptyPrompt)),
+        "{err}"
+    );
+    assert!(
+        adapter
+            .generate(raw_request("Hello"))
+            .await
+            .unwrap()
+            .completion_tokens
+            > 0
+    );
 }
 
 /// Seed of the accuracy tests' questions, which the trainer never uses; the
@@ -311,7 +369,6 @@ pub async fn prefix_reuse_gives_the_same_replies_as_a_cold_cache<H: Harness>() {
         .with_weights(dsrs_local::testing::WeightType::Q8_0)
         .write(&q8)
         .unwrap();
-    let lm = local_lm().await.unwrap();
     let mut signature = QA::new();
     signature
         .set_demos(vec![
@@ -325,6 +382,7 @@ pub async fn prefix_reuse_gives_the_same_replies_as_a_cold_cache<H: Harness>() {
     for path in [TINY_CHAT_MODEL.1.as_path(), q8.as_path()] {
         let warm = H::adapter_with_prefix_reuse(path, config.clone(), true).unwrap();
         let cold = H::adapter_with_prefix_reuse(path, config.clone(), false).unwrap();
+        let lm = warm.lm().await.unwrap();
         let questions = [
             "What is the capital of France?",
             "Name a prime number.",
@@ -376,7 +434,8 @@ fn task_model_adapter<H: Harness>() -> LocalAdapter<H::Backend> {
 
 pub async fn the_task_model_answers_through_predict<H: Harness>() {
     let _guard = GLOBAL_CONFIG.lock().await;
-    configure(local_lm().await.unwrap(), task_model_adapter::<H>());
+    let configured = task_model_adapter::<H>();
+    configure(configured.lm().await.unwrap(), configured);
     for (country, capital) in [
         ("France", "Paris"),
         ("Japan", "Tokyo"),
@@ -393,7 +452,7 @@ pub async fn the_task_model_answers_through_predict<H: Harness>() {
 
 pub async fn the_task_model_answers_held_out_questions<H: Harness>() {
     let adapter = task_model_adapter::<H>();
-    let lm = local_lm().await.unwrap();
+    let lm = adapter.lm().await.unwrap();
     let mut failures = Vec::new();
     for (family, examples) in held_out_questions() {
         let score = score(&adapter, &lm, &examples).await;
@@ -462,6 +521,11 @@ macro_rules! conformance_suite {
                     .await
             }
             #[tokio::test(flavor = "multi_thread")]
+            async fn an_empty_prompt_is_a_typed_error_and_the_adapter_still_answers() {
+                c::an_empty_prompt_is_a_typed_error_and_the_adapter_still_answers::<$harness>()
+                    .await
+            }
+            #[tokio::test(flavor = "multi_thread")]
             async fn a_context_that_fills_while_generating_ends_with_length() {
                 c::a_context_that_fills_while_generating_ends_with_length::<$harness>().await
             }
@@ -472,6 +536,23 @@ macro_rules! conformance_suite {
             #[tokio::test(flavor = "multi_thread")]
             async fn the_task_model_answers_through_predict() {
                 c::the_task_model_answers_through_predict::<$harness>().await
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn forward_with_config_lm_call_and_history_are_local() {
+                $crate::dspy_routes::forward_with_config_lm_call_and_history_are_local::<$harness>()
+                    .await
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn copro_compiles_on_the_local_model() {
+                $crate::dspy_routes::copro_compiles_on_the_local_model::<$harness>().await
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn mipro_compiles_on_the_local_model() {
+                $crate::dspy_routes::mipro_compiles_on_the_local_model::<$harness>().await
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn gepa_compiles_on_the_local_model() {
+                $crate::dspy_routes::gepa_compiles_on_the_local_model::<$harness>().await
             }
             #[tokio::test(flavor = "multi_thread")]
             async fn the_task_model_answers_held_out_questions() {

@@ -2,9 +2,9 @@
 
 use std::sync::Arc;
 
-use dsrs_local::backends::candle::tokenizer::GgufTokenizer;
+use dsrs_local::LocalModel as _;
 use dsrs_local::gguf::GgufHeader;
-use dsrs_local::testing::{TestModelSpec, TestTokenizer, WeightType};
+use dsrs_local::testing::{GgufTokenizer, TestModelSpec, TestTokenizer, WeightType};
 use dsrs_local::{
     CandleAdapter, CandleConfig, CandleLoadOptions, CandleModel, GenerationRequest,
     LlamaCppAdapter, LlamaCppConfig, LlamaCppLoadOptions, LlamaCppModel, Sampling,
@@ -27,13 +27,7 @@ fn llama_cpp_tokens(path: &std::path::Path, text: &str) -> Vec<u32> {
     // llama.cpp's own tokenizer on a vocabulary-only load.
     let model =
         LlamaCppModel::load(path, LlamaCppLoadOptions::default().with_vocab_only(true)).unwrap();
-    model
-        .llama_model()
-        .vocab()
-        .tokenize(text.as_bytes(), false, true)
-        .into_iter()
-        .map(|t| t.0 as u32)
-        .collect()
+    model.tokenize(text)
 }
 
 fn same_tokens_as_llama_cpp(vocab_file: &str) {
@@ -98,6 +92,7 @@ async fn greedy(
         max_tokens,
         stop: vec![],
         constraint: None,
+        control: Default::default(),
     };
     let a = llama.generate(request.clone()).await.unwrap();
     let b = candle.generate(request).await.unwrap();
@@ -140,10 +135,7 @@ fn assert_next_token_agrees(path: &std::path::Path, prompt: &str, tolerance: f64
         .unwrap();
     let difference = relative_difference(&ours, &theirs);
     assert!(difference < tolerance, "relative difference {difference}");
-    assert_eq!(
-        dsrs_local::decode::argmax(&ours),
-        dsrs_local::decode::argmax(&theirs)
-    );
+    assert_eq!(argmax(&ours), argmax(&theirs));
     difference
 }
 
@@ -194,6 +186,7 @@ fn logits_agree_past_4096_positions() {
     let tokens = CandleModel::load(&path, CandleLoadOptions::default())
         .unwrap()
         .tokenize_prompt(&prompt)
+        .unwrap()
         .len();
     assert!(tokens > 4200, "the prompt is {tokens} tokens");
     let difference = assert_next_token_agrees(&path, &prompt, 1e-2);
@@ -206,7 +199,6 @@ fn logits_agree_past_4096_positions() {
 async fn qwen2_qwen3_and_quantized_llama_models_run_on_both_backends() {
     use dsrs_local::testing::TestArchitecture;
     let dir = tempfile::tempdir().unwrap();
-    let lm = dsrs_local::local_lm().await.unwrap();
     let cases = [
         (TestArchitecture::Qwen2, WeightType::F32),
         (TestArchitecture::Qwen3, WeightType::F32),
@@ -235,7 +227,7 @@ async fn qwen2_qwen3_and_quantized_llama_models_run_on_both_backends() {
         let difference = relative_difference(&ours, &theirs);
         println!("{family:?} {weights:?}: relative logit difference {difference:.2e}");
         if matches!(weights, WeightType::F32 | WeightType::F16) {
-            let argmax = dsrs_local::decode::argmax;
+            let argmax = argmax;
             assert_eq!(
                 argmax(&ours),
                 argmax(&theirs),
@@ -257,6 +249,7 @@ async fn qwen2_qwen3_and_quantized_llama_models_run_on_both_backends() {
             candle_model,
             CandleConfig::default().with_generation(config),
         );
+        let lm = llama.lm().await.unwrap();
         let inputs = dspy_rs::example! { "question": "input" => "Why?" };
         for (name, result) in [
             (
@@ -297,7 +290,6 @@ pub fn relative_difference(ours: &[f32], theirs: &[f32]) -> f64 {
 #[tokio::test]
 async fn rendered_chat_prompts_tokenize_the_same_on_both_backends() {
     let dir = tempfile::tempdir().unwrap();
-    let lm = dsrs_local::local_lm().await.unwrap();
     let mut checked = 0;
     for vocab in [
         "ggml-vocab-deepseek-coder-chat.gguf",
@@ -321,6 +313,7 @@ async fn rendered_chat_prompts_tokenize_the_same_on_both_backends() {
             Arc::new(CandleModel::load(&path, CandleLoadOptions::default()).unwrap()),
             CandleConfig::default().with_generation(config),
         );
+        let lm = llama.lm().await.unwrap();
         let mut signature = crate::QA::new();
         dspy_rs::MetaSignature::set_demos(
             &mut signature,
@@ -373,7 +366,7 @@ async fn both_backends_answer_the_task_model_questions_alike() {
         Arc::new(CandleModel::load(&path, CandleLoadOptions::default()).unwrap()),
         CandleConfig::default().with_context_length(2048),
     );
-    let lm = dsrs_local::local_lm().await.unwrap();
+    let lm = llama.lm().await.unwrap();
     for (family, examples) in crate::conformance::held_out_questions() {
         let on_llama = score(&llama, &lm, &examples).await;
         let on_candle = score(&candle, &lm, &examples).await;
@@ -385,4 +378,17 @@ async fn both_backends_answer_the_task_model_questions_alike() {
             family.name()
         );
     }
+}
+
+/// The id of the largest logit (the lowest id on ties).
+fn argmax(logits: &[f32]) -> Option<usize> {
+    logits
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.is_finite())
+        .fold(None, |best: Option<(usize, f32)>, (i, &l)| match best {
+            Some((_, b)) if b >= l => best,
+            _ => Some((i, l)),
+        })
+        .map(|(i, _)| i)
 }

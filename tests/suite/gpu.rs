@@ -69,6 +69,7 @@ async fn greedy_text<B: Backend>(adapter: &LocalAdapter<B>) -> String {
             max_tokens: 32,
             stop: vec![],
             constraint: None,
+            control: Default::default(),
         })
         .await
         .unwrap()
@@ -120,7 +121,11 @@ async fn candle_on_cuda_matches_the_cpu() {
             Arc::new(CandleModel::load(&path, options).unwrap())
         };
         let (cpu, gpu) = (load(CandleDevice::Cpu), load(CandleDevice::Auto));
-        assert!(gpu.device().is_cuda(), "Auto picks the CUDA device");
+        assert_eq!(
+            gpu.device().kind,
+            AcceleratorKind::Cuda,
+            "Auto picks the CUDA device"
+        );
         assert_logits_agree(
             "candle",
             &path,
@@ -148,9 +153,9 @@ fn the_pool_puts_every_layer_on_the_gpu() {
         .write(&path)
         .unwrap();
     let pool = ModelPool::new(HardwareManager::detect());
-    let plan = pool.plan(&ModelSpec::gguf(&path)).unwrap();
+    let plan = pool.plan::<CandleModel>(&ModelSpec::gguf(&path)).unwrap();
     eprintln!("{plan}");
-    assert_eq!(plan.gpu_layers, plan.total_layers, "{plan}");
+    assert_eq!(plan.gpu_layers(), plan.total_layers(), "{plan}");
     let candle: Arc<CandleModel> = pool.load(ModelSpec::gguf(&path)).unwrap();
-    assert!(candle.device().is_cuda(), "{plan}");
+    assert_eq!(candle.device().kind, AcceleratorKind::Cuda, "{plan}");
 }

@@ -10,10 +10,14 @@ mod candle;
 mod conformance;
 #[cfg(all(feature = "llamacpp", feature = "candle"))]
 mod cross_backend;
+#[cfg(any(feature = "llamacpp", feature = "candle"))]
+mod dspy_routes;
 #[cfg(all(feature = "llamacpp", feature = "candle"))]
 mod gpu;
 #[cfg(feature = "llamacpp")]
 mod llama_cpp;
+#[cfg(feature = "llamacpp")]
+mod server;
 
 mod adapter_mock;
 mod gguf_header;
@@ -23,3 +27,5 @@ mod prompt_constraint;
 mod prompt_format;
 mod prompt_parse;
 mod prompt_render;
+#[cfg(any(feature = "llamacpp", feature = "candle"))]
+mod python_clients;

@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
+use dsrs_local::gguf::GgufHeader;
 use dsrs_local::hardware::{AcceleratorKind, DetectOptions, HardwareManager};
-use dsrs_local::pool::plan::LoadPlan;
-use dsrs_local::pool::{ModelPool, ModelSpec, PoolModel};
+use dsrs_local::pool::{ModelPool, ModelSpec};
 use dsrs_local::testing::{TestModelSpec, TestTokenizer};
-use dsrs_local::{Error, Result};
+use dsrs_local::{Error, LoadModel, Placement, Result};
 
 /// Four small model files, written once: three for the eviction test, one
 /// for the single-flight test (tests run in parallel; each counts its own).
@@ -37,18 +37,44 @@ fn loads_of(path: &Path) -> usize {
     LOADS.lock().unwrap().get(path).copied().unwrap_or(0)
 }
 
-/// A stand-in backend model that counts its loads.
+/// A stand-in backend model that counts its loads; it drives CUDA GPUs.
 #[derive(Debug)]
 struct Counted {
-    plan: LoadPlan,
+    placement: Placement,
 }
 
-impl PoolModel for Counted {
+impl LoadModel for Counted {
     const BACKEND: &'static str = "counted";
-    fn load_planned(path: &Path, plan: &LoadPlan) -> Result<Self> {
-        *LOADS.lock().unwrap().entry(path.to_path_buf()).or_default() += 1;
+    const SPLITS_LAYERS: bool = true;
+    fn drives(kind: AcceleratorKind) -> bool {
+        kind == AcceleratorKind::Cuda
+    }
+    fn load_placed(header: &GgufHeader, placement: &Placement) -> Result<Self> {
+        *LOADS
+            .lock()
+            .unwrap()
+            .entry(header.path.clone())
+            .or_default() += 1;
         std::thread::sleep(Duration::from_millis(50));
-        Ok(Counted { plan: plan.clone() })
+        Ok(Counted {
+            placement: placement.clone(),
+        })
+    }
+}
+
+/// Like `Counted`, but runs a model whole on one device and drives no GPU
+/// (as candle in a Vulkan build sees a Vulkan card).
+#[derive(Debug)]
+struct CpuOnly;
+
+impl LoadModel for CpuOnly {
+    const BACKEND: &'static str = "cpu-only";
+    const SPLITS_LAYERS: bool = false;
+    fn drives(_: AcceleratorKind) -> bool {
+        false
+    }
+    fn load_placed(_: &GgufHeader, _: &Placement) -> Result<Self> {
+        Ok(CpuOnly)
     }
 }
 
@@ -70,28 +96,53 @@ fn this_machine_has_a_cpu_and_ram_and_plans_zero_gpu_layers() {
     assert_eq!(compiled("candle"), cfg!(feature = "candle"));
     if profile.accelerators.is_empty() {
         let plan = ModelPool::new(profile)
-            .plan(&ModelSpec::gguf(&MODELS.1[0]))
+            .plan::<Counted>(&ModelSpec::gguf(&MODELS.1[0]))
             .unwrap();
-        assert_eq!(plan.gpu_layers, 0);
+        assert_eq!(plan.gpu_layers(), 0);
         assert!(plan.to_string().contains("CPU only"), "{plan}");
     }
 }
 
 #[test]
-fn a_fake_gpu_gets_every_layer() {
+fn a_fake_gpu_gets_every_layer_of_a_backend_that_drives_it_and_none_of_one_that_does_not() {
     let profile = HardwareManager::detect_with(&DetectOptions {
         force_cpu: false,
         fake_gpu_bytes: Some(8 << 30),
     });
-    let plan = ModelPool::new(profile)
-        .plan(&ModelSpec::gguf(&MODELS.1[0]))
-        .unwrap();
+    let pool = ModelPool::new(profile);
+    let spec = ModelSpec::gguf(&MODELS.1[0]);
+    let plan = pool.plan::<Counted>(&spec).unwrap();
     if AcceleratorKind::Cuda.compiled_in() {
-        assert_eq!(plan.gpu_layers, plan.total_layers);
+        assert_eq!(plan.gpu_layers(), plan.total_layers());
+        assert_eq!(
+            plan.placement.device.map(|d| (d.kind, d.index)),
+            Some((AcceleratorKind::Cuda, 0)),
+            "the loader is told which device"
+        );
     } else {
         // A CUDA GPU in a build without CUDA is reported but not used.
-        assert_eq!(plan.gpu_layers, 0);
+        assert_eq!(plan.gpu_layers(), 0);
     }
+    let plan = pool.plan::<CpuOnly>(&spec).unwrap();
+    assert_eq!(plan.placement.device, None);
+    if AcceleratorKind::Cuda.compiled_in() {
+        assert!(
+            plan.reasons
+                .iter()
+                .any(|r| r.contains("cpu-only backend cannot drive Cuda")),
+            "{plan}"
+        );
+    }
+}
+
+#[test]
+fn a_load_hands_the_plans_placement_to_the_loader() {
+    let pool = cpu_pool();
+    let model = pool
+        .load::<Counted>(ModelSpec::gguf(&MODELS.1[1]).with_context(300))
+        .unwrap();
+    assert_eq!(model.placement.context_length, 300);
+    assert_eq!(model.placement.device, None);
 }
 
 #[test]
@@ -111,7 +162,7 @@ fn the_same_spec_gives_the_same_model_and_sixteen_first_requests_load_once() {
     let models: Vec<Arc<Counted>> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     assert_eq!(loads_of(&path), 1, "single flight");
     assert!(models.iter().all(|m| Arc::ptr_eq(m, &models[0])));
-    assert_eq!(models[0].plan.context, 512);
+    assert_eq!(models[0].placement.context_length, 512);
     let again = pool
         .load::<Counted>(ModelSpec::gguf(&path).with_context(512))
         .unwrap();
@@ -122,7 +173,7 @@ fn the_same_spec_gives_the_same_model_and_sixteen_first_requests_load_once() {
 fn idle_models_are_evicted_least_recently_used_first_and_in_use_ones_never() {
     let probe = cpu_pool();
     let one = probe
-        .plan(&ModelSpec::gguf(&MODELS.1[0]).with_context(256))
+        .plan::<Counted>(&ModelSpec::gguf(&MODELS.1[0]).with_context(256))
         .unwrap();
     let each = one.host_bytes;
     // Room for two models.
@@ -162,14 +213,14 @@ fn bad_files_are_typed_errors() {
         .unwrap_err();
     assert!(err.to_string().contains("/nonexistent.gguf"), "{err}");
     let err = pool
-        .plan(&ModelSpec::gguf("/nonexistent.gguf"))
+        .plan::<Counted>(&ModelSpec::gguf("/nonexistent.gguf"))
         .unwrap_err();
     assert!(matches!(err, Error::ModelNotFound { .. }));
     let dir = tempfile::tempdir().unwrap();
     let junk = dir.path().join("junk.gguf");
     std::fs::write(&junk, b"GGUF\x03\x00\x00\x00garbage").unwrap();
     assert!(matches!(
-        pool.plan(&ModelSpec::gguf(&junk)),
+        pool.plan::<Counted>(&ModelSpec::gguf(&junk)),
         Err(Error::InvalidModelFile { .. })
     ));
     let alien = dir.path().join("alien.gguf");
@@ -197,19 +248,19 @@ fn bad_files_are_typed_errors() {
 #[tokio::test]
 async fn llama_cpp_adapters_share_the_pools_model() {
     use dspy_rs::example;
-    use dsrs_local::{LlamaCppAdapter, LlamaCppConfig, LlamaCppModel, local_lm};
+    use dsrs_local::{LlamaCppAdapter, LlamaCppConfig, LlamaCppModel, LocalModel};
     let pool = cpu_pool();
     let spec = ModelSpec::gguf(&crate::conformance::TINY_CHAT_MODEL.1).with_context(1024);
     let model: Arc<LlamaCppModel> = pool.load(spec.clone()).unwrap();
     let again: Arc<LlamaCppModel> = pool.load(spec).unwrap();
     assert!(Arc::ptr_eq(&model, &again));
     assert_eq!(
-        model.default_context_length(),
+        model.card().default_context(),
         1024,
         "the plan's context reaches the adapters"
     );
     let adapter = LlamaCppAdapter::from_loaded_model(model, LlamaCppConfig::default());
-    let lm = local_lm().await.unwrap();
+    let lm = adapter.lm().await.unwrap();
     let (data, _) = adapter
         .predict(
             &lm,
@@ -223,7 +274,6 @@ async fn llama_cpp_adapters_share_the_pools_model() {
 
 #[test]
 fn test_model_facts_match_what_the_written_header_says() {
-    use dsrs_local::gguf::GgufHeader;
     use dsrs_local::pool::plan::ModelFacts;
     use dsrs_local::testing::WeightType;
     let dir = tempfile::tempdir().unwrap();

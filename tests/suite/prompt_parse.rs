@@ -121,6 +121,16 @@ fn errors_name_missing_and_mistyped_fields_and_keep_the_rest() {
         "{message}"
     );
 
+    // Only a type wrong: the message lists it with no empty part before it.
+    let reply = "[[ ## doubled ## ]] x [[ ## half ## ]] 1 [[ ## is_even ## ]] true \
+                 [[ ## digits ## ]] [] [[ ## comment ## ]] ok";
+    let message = parse_reply(&multi(), reply).unwrap_err().to_string();
+    assert_eq!(
+        message,
+        "the model's reply could not be parsed: `doubled` should be an integer from \
+         -2147483648 to 2147483647 but is \"x\""
+    );
+
     let fields = SignatureFields::of(&CapitalFacts::new()).unwrap();
     assert!(parse_reply(&fields, "[[ ## capital ## ]]\nParis").is_err());
 
@@ -168,4 +178,57 @@ proptest! {
         let fields = SignatureFields::of(&CapitalFacts::new()).unwrap();
         let _ = parse_reply(&fields, &reply);
     }
+}
+
+/// The seeds' first shape: `Field: value` lines with no markers at all.
+#[test]
+fn field_colon_value_lines_without_markers() {
+    assert_eq!(
+        parse_reply(&qa(), "Answer: Paris").unwrap()["answer"],
+        "Paris"
+    );
+    assert_eq!(
+        parse_reply(&qa(), "**Answer:** Paris, of course.").unwrap()["answer"],
+        "Paris, of course."
+    );
+    let reply = "Doubled: 28\nhalf: 7.5\n- is_even: True\nDigits: ['two', 'eight']\n\
+                 Comment: it is\nfairly small";
+    let out = parse_reply(&multi(), reply).unwrap();
+    assert_eq!(out["doubled"], json!(28));
+    assert_eq!(out["half"], json!(7.5));
+    assert_eq!(out["is_even"], json!(true));
+    assert_eq!(out["digits"], json!(["two", "eight"]));
+    assert_eq!(
+        out["comment"], "it is\nfairly small",
+        "a value runs to the next label"
+    );
+    // A marker for one field, a label for the next (a cot reply that forgot
+    // the second marker): each field gets its own.
+    let fields = SignatureFields::of(&Arithmetic::new()).unwrap();
+    let out = parse_reply(&fields, "[[ ## reasoning ## ]]\n2 plus 3 makes 5\nSum: 5").unwrap();
+    assert_eq!(out["reasoning"], "2 plus 3 makes 5\nSum: 5");
+    assert_eq!(out["sum"], json!(5));
+}
+
+/// Python literals, as small models trained on Python write them.
+#[test]
+fn python_literals_for_typed_fields() {
+    let reply = "[[ ## doubled ## ]]\n4\n\n[[ ## half ## ]]\n1\n\n[[ ## is_even ## ]]\nFalse\n\n\
+                 [[ ## digits ## ]]\n['it\\'s', \"two\", 'say \"hi\"']\n\n[[ ## comment ## ]]\nok";
+    let out = parse_reply(&multi(), reply).unwrap();
+    assert_eq!(out["is_even"], json!(false));
+    assert_eq!(out["digits"], json!(["it's", "two", "say \"hi\""]));
+    let fields = SignatureFields::of(&CapitalFacts::new()).unwrap();
+    let out = parse_reply(
+        &fields,
+        "[[ ## capital ## ]]\n{'name': 'Paris', 'population': 2102650, 'note': None}",
+    );
+    // `note` is not a property of City: the object still parses (extra keys are the struct's business).
+    let capital = out.map(|o| o["capital"].clone());
+    assert_eq!(
+        capital
+            .ok()
+            .and_then(|c| c["name"].as_str().map(String::from)),
+        Some("Paris".into())
+    );
 }

@@ -16,7 +16,8 @@ fn template_of(vocab_file: &str) -> Option<ChatTemplate> {
     let eos = header
         .token_text(header.get_u64("tokenizer.ggml.eos_token_id").unwrap())
         .unwrap();
-    Some(ChatTemplate::from_model(header.chat_template().map(str::to_string), bos, eos).unwrap())
+    let architecture = header.architecture().unwrap_or("llama");
+    Some(ChatTemplate::for_model(header.chat_template(), architecture, bos, eos).unwrap())
 }
 
 fn conversation() -> Chat {
@@ -79,7 +80,7 @@ fn models_without_a_template_get_chatml() {
     };
     let header = GgufHeader::read(path).unwrap();
     assert!(header.chat_template().is_none());
-    let template = ChatTemplate::from_model(None, "<s>", "</s>").unwrap();
+    let template = ChatTemplate::for_model(None, "llama", "<s>", "</s>").unwrap();
     assert!(template.is_fallback());
     assert_eq!(
         template

@@ -21,6 +21,20 @@ pub fn shared_model(relative: &str) -> Option<PathBuf> {
     found
 }
 
+/// An `LM`'s settings changed in place (its fields are public).
+pub trait LmSettings {
+    /// The same `LM` with this temperature and reply budget.
+    fn with_settings(self, temperature: f32, max_tokens: u32) -> Self;
+}
+
+impl LmSettings for dspy_rs::LM {
+    fn with_settings(mut self, temperature: f32, max_tokens: u32) -> Self {
+        self.temperature = temperature;
+        self.max_tokens = max_tokens;
+        self
+    }
+}
+
 /// With `DSRS_TEST_LOG` set (an `EnvFilter`, e.g. `error` or
 /// `dsrs_local=debug`), log lines reach stderr, llama.cpp's among them: an
 /// abort inside llama.cpp otherwise shows only its last line, the reason

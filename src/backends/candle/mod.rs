@@ -26,6 +26,8 @@
 //!   and all complete. Load the file twice for parallel generations.
 //! - **Device**: the CPU always; with the `cuda` or `metal` feature the GPU
 //!   when present, otherwise the CPU with a logged reason. No Vulkan.
+//! - **Empty prompts**: an empty or white-space prompt is
+//!   [`Error::EmptyPrompt`](crate::Error::EmptyPrompt).
 //! - **Not supported**: tool calling, images, decoding several requests in
 //!   one batch.
 
@@ -40,13 +42,15 @@ mod model;
     path = "thread_binding_none.rs"
 )]
 mod thread_binding;
-pub mod tokenizer;
+pub(crate) mod tokenizer;
 mod transformer;
 
 use std::sync::Arc;
 
-pub use engine::{CandleBackend, CandleConfig};
-pub use model::{CandleDevice, CandleLoadOptions, CandleModel, SUPPORTED_ARCHITECTURES};
+pub use engine::{CandleBackend, CandleConfig, CandleSettings};
+pub use model::{
+    CandleDevice, CandleLoad, CandleLoadOptions, CandleModel, SUPPORTED_ARCHITECTURES,
+};
 
 use crate::LocalAdapter;
 

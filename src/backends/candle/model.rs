@@ -1,17 +1,22 @@
 //! A GGUF model loaded into candle: weights, tokenizer, template, device.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::BufReader;
-use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use candle_core::Device;
-use candle_core::quantized::gguf_file;
+use candle_core::quantized::{GgmlDType, gguf_file};
 
 use super::tokenizer::GgufTokenizer;
 use super::transformer::{Family, Transformer};
+use crate::backend::{LoadModel, LocalModel, Placement};
+use crate::backends::common::LoadOptions;
+use crate::error::cause;
 use crate::gguf::GgufHeader;
-use crate::prompt::{ChatTemplate, ConstraintCompiler, TokenVocabulary};
+use crate::hardware::{AcceleratorKind, DeviceId};
+use crate::model_card::{ModelCard, TokenTexts};
 use crate::{Error, Result};
 
 pub(super) const BACKEND: &str = "candle";
@@ -19,9 +24,8 @@ pub(super) const BACKEND: &str = "candle";
 /// The architectures this backend runs (Mistral and SmolLM files say `llama`).
 pub const SUPPORTED_ARCHITECTURES: [&str; 3] = ["llama", "qwen2", "qwen3"];
 
-/// Context length used when neither the load nor the adapter sets one, and
-/// the positions assumed for a file that names no trained context.
-const DEFAULT_CONTEXT_CAP: usize = 4096;
+/// Positions assumed for a file that names no trained context.
+const POSITIONS_WITHOUT_TRAINED_CONTEXT: usize = 4096;
 
 /// Tokens read per forward pass by [`CandleModel::next_token_logits`]
 /// (attention scores grow with the square of a pass's length).
@@ -31,53 +35,33 @@ const LOGITS_CHUNK: usize = 512;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum CandleDevice {
-    /// CUDA or Metal when compiled in and present, else the CPU (with a logged reason).
+    /// The first CUDA or Metal device when compiled in and present, else the
+    /// CPU (with a logged reason).
     #[default]
     Auto,
     /// Always the CPU.
     Cpu,
+    /// This CUDA or Metal device; the CPU (with a logged reason) when it
+    /// cannot be used.
+    Gpu(DeviceId),
+}
+
+/// What only a candle load has.
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct CandleLoad {
+    /// Device choice.
+    pub device: CandleDevice,
 }
 
 /// How to load a model with candle.
-#[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub struct CandleLoadOptions {
-    /// Device choice.
-    pub device: CandleDevice,
-    /// Show a spinner on the terminal while loading.
-    pub show_progress: bool,
-    /// Context length adapters on this model use unless their config sets one
-    /// (the pool sets it from its plan).
-    pub context_length: Option<usize>,
-}
+pub type CandleLoadOptions = LoadOptions<CandleLoad>;
 
-impl Default for CandleLoadOptions {
-    fn default() -> Self {
-        CandleLoadOptions {
-            device: CandleDevice::Auto,
-            show_progress: true,
-            context_length: None,
-        }
-    }
-}
-
-impl CandleLoadOptions {
-    /// Turns the terminal spinner on or off.
-    #[must_use]
-    pub fn with_progress(mut self, show: bool) -> Self {
-        self.show_progress = show;
-        self
-    }
-    /// Sets the default context length of adapters on this model.
-    #[must_use]
-    pub fn with_context_length(mut self, tokens: usize) -> Self {
-        self.context_length = Some(tokens);
-        self
-    }
+impl LoadOptions<CandleLoad> {
     /// Sets the device choice.
     #[must_use]
     pub fn with_device(mut self, device: CandleDevice) -> Self {
-        self.device = device;
+        self.engine.device = device;
         self
     }
 }
@@ -87,21 +71,18 @@ impl CandleLoadOptions {
 pub struct CandleModel {
     weights: Mutex<Transformer>,
     tokenizer: GgufTokenizer,
-    template: ChatTemplate,
+    card: ModelCard,
     device: Device,
-    path: PathBuf,
-    architecture: String,
+    device_id: DeviceId,
     max_positions: usize,
-    default_context: Option<usize>,
-    constraint: OnceLock<std::result::Result<ConstraintCompiler, String>>,
 }
 
 impl std::fmt::Debug for CandleModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CandleModel")
-            .field("path", &self.path)
-            .field("architecture", &self.architecture)
-            .field("device", &self.device)
+            .field("path", &self.card.path())
+            .field("architecture", &self.card.architecture())
+            .field("device", &self.device_id)
             .finish_non_exhaustive()
     }
 }
@@ -117,100 +98,81 @@ impl Drop for CandleModel {
     }
 }
 
+fn load_error(
+    path: &Path,
+    reason: &str,
+    source: impl std::error::Error + Send + Sync + 'static,
+) -> Error {
+    Error::ModelLoad {
+        backend: BACKEND,
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+        source: Some(cause(source)),
+    }
+}
+
 impl CandleModel {
     /// Loads a GGUF file. Missing, foreign, truncated files and architectures
     /// candle cannot run are typed errors.
     pub fn load(path: impl AsRef<Path>, options: CandleLoadOptions) -> Result<Self> {
-        let path = path.as_ref();
+        Self::load_header(&GgufHeader::read(path)?, &options)
+    }
+
+    fn load_header(header: &GgufHeader, options: &CandleLoadOptions) -> Result<Self> {
+        let path = header.path.as_path();
         let _span =
             tracing::info_span!("dsrs.load", backend = BACKEND, path = %path.display()).entered();
-        let header = GgufHeader::read(path)?;
-        let architecture = header.architecture().unwrap_or("unknown").to_string();
-        let Some(family) = Family::of(&architecture) else {
+        let architecture = header.architecture().unwrap_or("unknown");
+        let Some(family) = Family::of(architecture) else {
             return Err(Error::UnsupportedArchitecture {
-                architecture,
+                architecture: architecture.to_string(),
                 backend: BACKEND,
+                supported: SUPPORTED_ARCHITECTURES.to_vec(),
             });
         };
-        let tokenizer = GgufTokenizer::from_header(&header)?;
-        let eos_text = header
-            .get_u64("tokenizer.ggml.eos_token_id")
-            .and_then(|id| tokenizer.token_text(u32::try_from(id).ok()?))
-            .unwrap_or("")
-            .to_string();
-        let template = ChatTemplate::from_model(
-            header.chat_template().map(str::to_string),
-            tokenizer.bos_text().to_string(),
-            eos_text,
+        let tokenizer = GgufTokenizer::from_header(header)?;
+        let card = ModelCard::new(
+            BACKEND,
+            header,
+            token_texts(&tokenizer),
+            options.context_length,
         )?;
-        let max_positions = header
-            .arch_u64("context_length")
-            .map_or(DEFAULT_CONTEXT_CAP, |n| n as usize);
-        let device = select_device(options.device);
-        super::thread_binding::bind_to_current_thread(&device).map_err(|e| Error::ModelLoad {
-            backend: BACKEND,
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+        let max_positions = card
+            .trained_context()
+            .unwrap_or(POSITIONS_WITHOUT_TRAINED_CONTEXT);
+        let (device, device_id) = select_device(options.engine.device);
+        super::thread_binding::bind_to_current_thread(&device)
+            .map_err(|e| load_error(path, "binding the device failed", e))?;
 
-        let load_error = |reason: String| Error::ModelLoad {
+        let file = File::open(path).map_err(|e| Error::ModelUnreadable {
+            path: path.to_path_buf(),
+            source: Arc::new(e),
+        })?;
+        let mut reader = BufReader::new(file);
+        let bar = crate::progress::load_bar(path, options.show_progress);
+        let content = tensor_table(header)?;
+        let progress = |fraction| crate::progress::set_fraction(&bar, fraction);
+        let weights = Transformer::load(family, header, &content, &mut reader, &device, &progress);
+        bar.finish_and_clear();
+        let weights = weights.map_err(|reason| Error::ModelLoad {
             backend: BACKEND,
             path: path.to_path_buf(),
             reason,
-        };
-        let file = File::open(path).map_err(|e| Error::ModelNotFound {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
+            source: None,
         })?;
-        let mut reader = BufReader::new(file);
-        let name = path.file_name().map_or_else(
-            || path.display().to_string(),
-            |n| n.to_string_lossy().into_owned(),
-        );
-        // candle reports no progress while reading tensors: a spinner.
-        let bar = crate::progress::load_bar(&name, options.show_progress, false);
-        let content =
-            gguf_file::Content::read(&mut reader).map_err(|e| load_error(e.to_string()))?;
-        let weights =
-            Transformer::load(family, &header, &content, &mut reader, &device).map_err(load_error);
-        bar.finish_and_clear();
-        let weights = weights?;
         Ok(CandleModel {
             weights: Mutex::new(weights),
             tokenizer,
-            template,
+            card,
             device,
-            path: path.to_path_buf(),
-            architecture,
+            device_id,
             max_positions,
-            default_context: options.context_length,
-            constraint: OnceLock::new(),
         })
     }
 
-    /// The file it was loaded from.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// `general.architecture` of the file.
-    pub fn architecture(&self) -> &str {
-        &self.architecture
-    }
-
-    /// The device it runs on.
-    pub fn device(&self) -> &Device {
-        &self.device
-    }
-
-    /// The chat template prompts are rendered with.
-    pub fn chat_template(&self) -> &ChatTemplate {
-        &self.template
-    }
-
-    /// The tokenizer built from the file.
-    pub fn tokenizer(&self) -> &GgufTokenizer {
-        &self.tokenizer
+    /// The device it runs on (`CPU0` for the CPU).
+    pub fn device(&self) -> DeviceId {
+        self.device_id
     }
 
     /// Most positions the model can attend over: its trained context (4096
@@ -219,45 +181,15 @@ impl CandleModel {
         self.max_positions
     }
 
-    /// The context length adapters use unless configured otherwise.
-    pub fn default_context_length(&self) -> usize {
-        self.default_context
-            .unwrap_or(DEFAULT_CONTEXT_CAP)
-            .clamp(1, self.max_positions.max(1))
-    }
-
-    /// Tokenizes a rendered prompt, adding BOS only when the template did not print it.
-    pub fn tokenize_prompt(&self, prompt: &str) -> Vec<u32> {
-        let add_bos = self.template.needs_bos(prompt, self.tokenizer.adds_bos());
-        self.tokenizer.encode(prompt, add_bos)
-    }
-
-    /// The grammar compiler for this vocabulary (indexed once, on first use).
-    pub fn constraint_compiler(&self) -> Result<&ConstraintCompiler> {
-        self.constraint
-            .get_or_init(|| {
-                let vocabulary = TokenVocabulary {
-                    tokens: self.tokenizer.constraint_tokens(),
-                    end_of_generation: self.tokenizer.end_of_generation().to_vec(),
-                };
-                ConstraintCompiler::new(&vocabulary).map_err(|e| e.to_string())
-            })
-            .as_ref()
-            .map_err(|reason| Error::Constraint(reason.clone()))
-    }
-
     /// The logits for the token after `text` (tokenized as a prompt, with no
     /// chat template): a direct look at what the model computes.
     pub fn next_token_logits(&self, text: &str) -> Result<Vec<f32>> {
-        let tokens = self.tokenize_prompt(text);
-        if tokens.is_empty() {
-            return Err(Error::Tokenizer("the text produced no tokens".into()));
-        }
+        let tokens = self.tokenize_prompt(text)?;
         let mut weights = self.lock_weights()?;
         weights.clear_cache();
         let mut logits = Vec::new();
         for chunk in tokens.chunks(LOGITS_CHUNK) {
-            logits = super::engine::forward(&mut weights, chunk)?;
+            logits = weights.next_logits(chunk)?;
         }
         Ok(logits)
     }
@@ -265,74 +197,186 @@ impl CandleModel {
     /// Exclusive use of the weights and their KV cache, on a thread ready to
     /// compute on the model's device.
     pub(super) fn lock_weights(&self) -> Result<MutexGuard<'_, Transformer>> {
-        let weights = self.weights.lock().map_err(|_| {
-            Error::TaskFailed("a candle generation panicked; the model is unusable".into())
+        let weights = self.weights.lock().map_err(|_| Error::GenerationPanicked {
+            backend: BACKEND,
+            message: "an earlier generation on this model panicked; the model is unusable".into(),
         })?;
-        super::thread_binding::bind_to_current_thread(&self.device).map_err(|e| {
-            Error::Inference {
-                backend: BACKEND,
-                reason: e.to_string(),
-            }
-        })?;
+        super::thread_binding::bind_to_current_thread(&self.device)
+            .map_err(|e| Error::inference(BACKEND, "binding the device failed", e))?;
         Ok(weights)
     }
 }
 
-/// One CUDA device for the process, made once and never dropped. Each
-/// `Device::new_cuda` makes a stream and a cuBLAS handle, and dropping them
-/// synchronises the whole device (`cublasDestroy`), which breaks a CUDA
+impl LocalModel for CandleModel {
+    fn card(&self) -> &ModelCard {
+        &self.card
+    }
+
+    fn encode(&self, text: &str, add_bos: bool) -> Vec<u32> {
+        self.tokenizer.encode(text, add_bos)
+    }
+}
+
+/// The vocabulary as the shared model card describes it.
+fn token_texts(tokenizer: &GgufTokenizer) -> TokenTexts {
+    let pieces = tokenizer.pieces().to_vec();
+    let special_names = pieces
+        .iter()
+        .enumerate()
+        .filter(|(_, piece)| piece.is_empty())
+        .filter_map(|(id, _)| {
+            let id = id as u32;
+            let name = tokenizer.token_text(id)?;
+            (!name.is_empty()).then(|| (id, name.as_bytes().to_vec()))
+        })
+        .collect();
+    let text_of = |id: Option<u32>| {
+        id.and_then(|id| tokenizer.token_text(id))
+            .unwrap_or("")
+            .to_string()
+    };
+    TokenTexts {
+        pieces,
+        special_names,
+        end_of_generation: tokenizer.end_of_generation().to_vec(),
+        bos: tokenizer.bos(),
+        adds_bos: tokenizer.adds_bos(),
+        bos_text: text_of(tokenizer.bos()),
+        eos_text: text_of(tokenizer.eos()),
+    }
+}
+
+/// candle's view of the tensor table, built from the header already read
+/// (the file's header is parsed once per load).
+fn tensor_table(header: &GgufHeader) -> Result<gguf_file::Content> {
+    let mut tensor_infos = HashMap::with_capacity(header.tensors.len());
+    for tensor in &header.tensors {
+        let Some(ggml_dtype) = candle_dtype(tensor.ggml_type) else {
+            return Err(Error::ModelLoad {
+                backend: BACKEND,
+                path: header.path.clone(),
+                reason: format!(
+                    "tensor `{}` has ggml type {}, which candle cannot read (i-quants and newer types)",
+                    tensor.name, tensor.ggml_type
+                ),
+                source: None,
+            });
+        };
+        // GGUF lists dimensions innermost first; candle's shapes are outermost first.
+        let shape: Vec<usize> = tensor.dims.iter().rev().map(|&d| d as usize).collect();
+        tensor_infos.insert(
+            tensor.name.clone(),
+            gguf_file::TensorInfo {
+                ggml_dtype,
+                shape: shape.into(),
+                offset: tensor.offset,
+            },
+        );
+    }
+    Ok(gguf_file::Content {
+        magic: gguf_file::VersionedMagic::GgufV3,
+        metadata: HashMap::new(),
+        tensor_infos,
+        tensor_data_offset: header.data_offset,
+    })
+}
+
+/// candle's type for a ggml type id, for the types it can read.
+fn candle_dtype(ggml_type: u32) -> Option<GgmlDType> {
+    Some(match ggml_type {
+        0 => GgmlDType::F32,
+        1 => GgmlDType::F16,
+        2 => GgmlDType::Q4_0,
+        3 => GgmlDType::Q4_1,
+        6 => GgmlDType::Q5_0,
+        7 => GgmlDType::Q5_1,
+        8 => GgmlDType::Q8_0,
+        9 => GgmlDType::Q8_1,
+        10 => GgmlDType::Q2K,
+        11 => GgmlDType::Q3K,
+        12 => GgmlDType::Q4K,
+        13 => GgmlDType::Q5K,
+        14 => GgmlDType::Q6K,
+        15 => GgmlDType::Q8K,
+        30 => GgmlDType::BF16,
+        _ => return None,
+    })
+}
+
+/// One CUDA device per index for the process, made once and never dropped.
+/// Each `Device::new_cuda` makes a stream and a cuBLAS handle, and dropping
+/// them synchronises the whole device (`cublasDestroy`), which breaks a CUDA
 /// graph llama.cpp may be capturing in another thread: llama.cpp then aborts
 /// the process (seen on an H100 with both engines' tests in parallel;
 /// specs/gpu.md). One device also means one stream for all candle models.
-fn shared_cuda_device() -> candle_core::Result<Device> {
-    static DEVICE: Mutex<Option<Device>> = Mutex::new(None);
-    let mut slot = DEVICE.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(device) = slot.as_ref() {
+fn shared_cuda_device(index: u32) -> candle_core::Result<Device> {
+    static DEVICES: Mutex<Vec<(u32, Device)>> = Mutex::new(Vec::new());
+    let mut devices = DEVICES.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some((_, device)) = devices.iter().find(|(i, _)| *i == index) {
         return Ok(device.clone());
     }
-    let device = Device::new_cuda(0)?;
-    *slot = Some(device.clone());
+    let device = Device::new_cuda(index as usize)?;
+    devices.push((index, device.clone()));
     Ok(device)
 }
 
-fn select_device(choice: CandleDevice) -> Device {
-    if choice == CandleDevice::Cpu {
-        return Device::Cpu;
-    }
-    if candle_core::utils::cuda_is_available() {
-        match shared_cuda_device() {
-            Ok(device) => return device,
-            Err(e) => {
-                tracing::warn!(error = %e, "CUDA is compiled in but device 0 failed; using the CPU")
-            }
+const CPU: DeviceId = DeviceId {
+    kind: AcceleratorKind::Cpu,
+    index: 0,
+};
+
+fn select_device(choice: CandleDevice) -> (Device, DeviceId) {
+    let wanted = match choice {
+        CandleDevice::Cpu => return (Device::Cpu, CPU),
+        CandleDevice::Gpu(id) => Some(id),
+        CandleDevice::Auto => None,
+    };
+    let cuda = candle_core::utils::cuda_is_available();
+    let metal = candle_core::utils::metal_is_available();
+    let id = wanted.unwrap_or(DeviceId {
+        kind: if metal && !cuda {
+            AcceleratorKind::Metal
+        } else {
+            AcceleratorKind::Cuda
+        },
+        index: 0,
+    });
+    let device = match id.kind {
+        AcceleratorKind::Cuda if cuda => shared_cuda_device(id.index),
+        AcceleratorKind::Metal if metal => Device::new_metal(id.index as usize),
+        _ => {
+            tracing::info!(
+                device = %id,
+                "candle runs on the CPU: no CUDA or Metal support compiled in, or no such device"
+            );
+            return (Device::Cpu, CPU);
         }
-    } else if candle_core::utils::metal_is_available() {
-        match Device::new_metal(0) {
-            Ok(device) => return device,
-            Err(e) => tracing::warn!(error = %e, "Metal is compiled in but failed; using the CPU"),
+    };
+    match device {
+        Ok(device) => (device, id),
+        Err(e) => {
+            tracing::warn!(error = %e, device = %id, "the device failed; candle runs on the CPU");
+            (Device::Cpu, CPU)
         }
-    } else {
-        tracing::info!(
-            "candle runs on the CPU: no CUDA or Metal support compiled in, or no such device present"
-        );
     }
-    Device::Cpu
 }
 
-impl crate::pool::PoolModel for CandleModel {
+impl LoadModel for CandleModel {
     const BACKEND: &'static str = BACKEND;
+    const SPLITS_LAYERS: bool = false;
 
-    fn load_planned(path: &Path, plan: &crate::pool::plan::LoadPlan) -> Result<Self> {
-        // candle places a whole model on one device: the GPU only when the
-        // plan fits every layer there.
-        let device = if plan.gpu_layers == plan.total_layers && plan.device.is_some() {
-            CandleDevice::Auto
-        } else {
-            CandleDevice::Cpu
+    fn drives(kind: AcceleratorKind) -> bool {
+        crate::hardware::backend_drives(BACKEND, kind)
+    }
+
+    fn load_placed(header: &GgufHeader, placement: &Placement) -> Result<Self> {
+        let device = match placement.device {
+            Some(id) if placement.whole_model_on_device() => CandleDevice::Gpu(id),
+            _ => CandleDevice::Cpu,
         };
         let options = CandleLoadOptions::default()
             .with_device(device)
-            .with_context_length(plan.context as usize);
-        Self::load(path, options)
+            .with_context_length(placement.context_length);
+        Self::load_header(header, &options)
     }
 }

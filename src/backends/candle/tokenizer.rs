@@ -27,13 +27,14 @@ const TOKEN_TYPE_BYTE: u64 = 6;
 
 /// A GGUF vocabulary with llama.cpp's tokenization rules.
 #[derive(Debug)]
-pub struct GgufTokenizer {
+pub(crate) struct GgufTokenizer {
     tokens: Vec<String>,
     ids: HashMap<String, u32>,
     /// Special tokens, longest text first (the order llama.cpp splits in).
     specials: Vec<(String, u32)>,
     kind: Kind,
     bos: Option<u32>,
+    eos: Option<u32>,
     add_bos: bool,
     end_of_generation: Vec<u32>,
     /// Bytes of each token as it appears in generated text.
@@ -55,12 +56,15 @@ enum Kind {
 }
 
 fn tokenizer_error(reason: impl Into<String>) -> Error {
-    Error::Tokenizer(reason.into())
+    Error::Tokenizer {
+        backend: "candle",
+        reason: reason.into(),
+    }
 }
 
 impl GgufTokenizer {
     /// Builds the tokenizer from a GGUF header.
-    pub fn from_header(header: &GgufHeader) -> Result<Self> {
+    pub(crate) fn from_header(header: &GgufHeader) -> Result<Self> {
         let model = header.get_str("tokenizer.ggml.model").unwrap_or("llama");
         let tokens: Vec<String> = header
             .tokens()
@@ -179,6 +183,7 @@ impl GgufTokenizer {
             specials,
             kind,
             bos,
+            eos: token_id("tokenizer.ggml.eos_token_id"),
             add_bos,
             end_of_generation,
             pieces: Vec::new(),
@@ -189,58 +194,38 @@ impl GgufTokenizer {
         Ok(tokenizer)
     }
 
-    /// Vocabulary size.
-    pub fn vocab_size(&self) -> usize {
-        self.tokens.len()
+    /// The beginning-of-sequence token, if the vocabulary has one.
+    pub(crate) fn bos(&self) -> Option<u32> {
+        self.bos
     }
 
-    /// The text of the BOS token, if the vocabulary has one.
-    pub fn bos_text(&self) -> &str {
-        self.bos
-            .and_then(|id| self.tokens.get(id as usize))
-            .map_or("", String::as_str)
+    /// The end-of-sequence token, if the vocabulary names one.
+    pub(crate) fn eos(&self) -> Option<u32> {
+        self.eos
     }
 
     /// The text of a token (as stored in the vocabulary).
-    pub fn token_text(&self, id: u32) -> Option<&str> {
+    pub(crate) fn token_text(&self, id: u32) -> Option<&str> {
         self.tokens.get(id as usize).map(String::as_str)
     }
 
     /// Whether the model wants a BOS token in front of a prompt.
-    pub fn adds_bos(&self) -> bool {
+    pub(crate) fn adds_bos(&self) -> bool {
         self.add_bos && self.bos.is_some()
     }
 
     /// Tokens that end generation.
-    pub fn end_of_generation(&self) -> &[u32] {
+    pub(crate) fn end_of_generation(&self) -> &[u32] {
         &self.end_of_generation
     }
 
     /// Bytes of every token as generated text (empty for special tokens).
-    pub fn pieces(&self) -> &[Vec<u8>] {
+    pub(crate) fn pieces(&self) -> &[Vec<u8>] {
         &self.pieces
     }
 
-    /// Bytes of every token for the grammar engine: special tokens are
-    /// marked with a leading 0xFF so no grammar produces them as text.
-    pub fn constraint_tokens(&self) -> Vec<Vec<u8>> {
-        self.pieces
-            .iter()
-            .zip(&self.tokens)
-            .map(|(piece, text)| {
-                if piece.is_empty() && !text.is_empty() {
-                    let mut marked = vec![0xFF];
-                    marked.extend_from_slice(text.as_bytes());
-                    marked
-                } else {
-                    piece.clone()
-                }
-            })
-            .collect()
-    }
-
     /// Tokenizes `text` with special-token parsing, adding BOS when `add_bos`.
-    pub fn encode(&self, text: &str, add_bos: bool) -> Vec<u32> {
+    pub(crate) fn encode(&self, text: &str, add_bos: bool) -> Vec<u32> {
         let mut output = Vec::new();
         if add_bos && let Some(bos) = self.bos {
             output.push(bos);

@@ -255,12 +255,14 @@ pub(super) struct Transformer {
 
 impl Transformer {
     /// Reads the weights of a `family` model; `header` is the same file's.
+    /// `progress` hears the fraction of layers read.
     pub(super) fn load<R: Read + Seek>(
         family: Family,
         header: &GgufHeader,
         content: &gguf_file::Content,
         reader: &mut R,
         device: &Device,
+        progress: &dyn Fn(f32),
     ) -> Result<Self, String> {
         let parameters = Hyperparameters::from_header(header)?;
         let mut tensor = |name: &str| {
@@ -293,6 +295,7 @@ impl Transformer {
         };
         let mut layers = Vec::with_capacity(parameters.layers);
         for index in 0..parameters.layers {
+            progress(index as f32 / parameters.layers.max(1) as f32);
             let mut named = |part: &str| tensor(&format!("blk.{index}.{part}"));
             let mut projection = |name: &str| -> Result<Projection, String> {
                 let weight = matmul(named(&format!("{name}.weight"))?)?;
@@ -384,10 +387,18 @@ impl Transformer {
         }
     }
 
+    /// Reads `tokens` after the cached ones and returns the logits for the
+    /// token after the last, as a vector.
+    pub(super) fn next_logits(&mut self, tokens: &[u32]) -> crate::Result<Vec<f32>> {
+        self.forward(tokens)
+            .and_then(|logits| logits.to_vec1::<f32>())
+            .map_err(|e| crate::Error::inference("candle", "the forward pass failed", e))
+    }
+
     /// Reads `tokens` after the cached ones and returns the logits `(vocab,)`
     /// for the token after the last. On an error the cache is emptied, so it
     /// never holds a half-written step.
-    pub(super) fn forward(&mut self, tokens: &[u32]) -> candle_core::Result<Tensor> {
+    fn forward(&mut self, tokens: &[u32]) -> candle_core::Result<Tensor> {
         let result = self.run_layers(tokens);
         match result {
             Ok(logits) => {

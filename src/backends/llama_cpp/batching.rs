@@ -23,30 +23,99 @@
 //! (which takes what it shares from it first).
 
 use std::collections::VecDeque;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, SyncSender};
 use std::time::{Duration, Instant};
 
 use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_batch::LlamaBatch;
-use llama_cpp_2::token::LlamaToken;
 
-use super::engine::{ContextSettings, Job};
-use super::model::{BACKEND, LlamaCppModel};
-use crate::backend::{FinishReason, Generation, Timings};
+use super::device_memory;
+use super::model::{LlamaCppModel, as_llama, inference_error};
+use crate::backend::LocalModel;
+use crate::backend::{FinishReason, Generation, GenerationRequest, Timings};
+use crate::backends::common::{Prepared, cancelled_before_start, prepare};
 use crate::decode::Decoder;
 use crate::{Error, Result};
 
-fn inference_error(reason: impl std::fmt::Display) -> Error {
-    Error::Inference {
-        backend: BACKEND,
-        reason: reason.to_string(),
+/// A request and where its result goes.
+pub(super) struct Job {
+    pub(super) request: GenerationRequest,
+    pub(super) reply: SyncSender<Result<Generation>>,
+}
+
+/// What the worker reports while it runs (read by `LlamaCppBackend::stats`).
+#[derive(Debug, Default)]
+pub(super) struct WorkerCounters {
+    /// The most requests decoded together so far.
+    pub(super) peak_sequences: AtomicUsize,
+    /// Requests on a sequence now.
+    pub(super) active_sequences: AtomicUsize,
+    /// KV cells reserved by them (prompt plus reply budget each).
+    pub(super) reserved_cells: AtomicUsize,
+    /// Tokens sampled since the worker started, all sequences together.
+    pub(super) sampled_tokens: AtomicUsize,
+}
+
+/// The context one worker runs.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ContextSettings {
+    pub(super) context_length: usize,
+    pub(super) batch_size: usize,
+    pub(super) threads: usize,
+    pub(super) reuse_prefix: bool,
+    /// Requests decoded together (`LlamaCppSettings::parallel_sequences`).
+    pub(super) sequences: usize,
+}
+
+/// The worker thread's body: makes the context for the first request (so a
+/// failure reaches it, and the next request tries again), then serves the
+/// queue until it closes.
+pub(super) fn worker(
+    model: &LlamaCppModel,
+    settings: ContextSettings,
+    jobs: Receiver<Job>,
+    counters: Arc<WorkerCounters>,
+) {
+    while let Ok(job) = jobs.recv() {
+        match create_context(model, settings) {
+            Ok(mut context) => {
+                let mut batcher = Batcher::new(model, settings, counters);
+                batcher.enqueue(job);
+                batcher.serve(&mut context, &jobs);
+                let _alone = device_memory::changing();
+                drop(context);
+                return;
+            }
+            // The caller may have gone away (cancelled); nothing to do then.
+            Err(error) => {
+                let _ = job.reply.send(Err(error));
+            }
+        }
     }
 }
 
+fn create_context(model: &LlamaCppModel, settings: ContextSettings) -> Result<LlamaContext<'_>> {
+    let cells = u32::try_from(settings.context_length).unwrap_or(u32::MAX);
+    let batch = u32::try_from(settings.batch_size).unwrap_or(u32::MAX);
+    let threads = i32::try_from(settings.threads).unwrap_or(i32::MAX);
+    let params = LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(cells))
+        .with_n_batch(batch)
+        .with_n_ubatch(batch)
+        .with_n_seq_max(u32::try_from(settings.sequences).unwrap_or(u32::MAX))
+        // One pool of cells for all sequences, so a shared prefix is stored once.
+        .with_kv_unified(true)
+        .with_n_threads(threads)
+        .with_n_threads_batch(threads);
+    model.new_context(params)
+}
+
 /// Tokens the two sequences start with in common.
-fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
@@ -54,13 +123,13 @@ fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
 struct Active {
     job: Job,
     decoder: Decoder,
-    prompt: Vec<LlamaToken>,
+    prompt: Vec<u32>,
     /// Prompt tokens read so far (those before it came from a shared prefix
     /// or earlier steps).
     read: usize,
     reused: usize,
     /// The sampled token to feed at the next step.
-    pending: Option<LlamaToken>,
+    pending: Option<u32>,
     /// This step's batch index whose logits are this sequence's.
     logits_at: Option<i32>,
     /// Cells reserved for it: prompt plus reply budget, at most the context.
@@ -73,7 +142,7 @@ struct Active {
 #[derive(Default)]
 struct Sequence {
     /// What its KV cache holds, at positions 0.. .
-    tokens: Vec<LlamaToken>,
+    tokens: Vec<u32>,
     /// The request using it, if any.
     active: Option<Active>,
     /// When it finished its last request (the longest idle is reused first).
@@ -81,20 +150,20 @@ struct Sequence {
 }
 
 /// The worker's state: sequences, and requests waiting for room.
-pub(super) struct Batcher<'m> {
+struct Batcher<'m> {
     model: &'m LlamaCppModel,
     settings: ContextSettings,
     sequences: Vec<Sequence>,
     waiting: VecDeque<Job>,
     /// The most requests that have run at once, for the backend to report.
-    peak: Arc<AtomicUsize>,
+    counters: Arc<WorkerCounters>,
 }
 
 impl<'m> Batcher<'m> {
-    pub(super) fn new(
+    fn new(
         model: &'m LlamaCppModel,
         settings: ContextSettings,
-        peak: Arc<AtomicUsize>,
+        counters: Arc<WorkerCounters>,
     ) -> Self {
         Batcher {
             model,
@@ -103,12 +172,12 @@ impl<'m> Batcher<'m> {
                 .map(|_| Sequence::default())
                 .collect(),
             waiting: VecDeque::new(),
-            peak,
+            counters,
         }
     }
 
     /// Queues a request.
-    pub(super) fn enqueue(&mut self, job: Job) {
+    fn enqueue(&mut self, job: Job) {
         self.waiting.push_back(job);
     }
 
@@ -117,7 +186,7 @@ impl<'m> Batcher<'m> {
     }
 
     /// Serves jobs until the queue closes and every request has finished.
-    pub(super) fn serve(&mut self, ctx: &mut LlamaContext<'_>, jobs: &Receiver<Job>) {
+    fn serve(&mut self, ctx: &mut LlamaContext<'_>, jobs: &Receiver<Job>) {
         loop {
             // Block only when there is nothing to do.
             if self.running() == 0 && self.waiting.is_empty() {
@@ -131,20 +200,30 @@ impl<'m> Batcher<'m> {
                 self.waiting.push_back(job);
             }
             self.admit(ctx);
-            self.peak.fetch_max(self.running(), Ordering::Relaxed);
+            self.report();
             if self.running() > 0
                 && let Err(error) = self.step(ctx)
             {
                 self.fail_all(ctx, &error);
             }
+            self.report();
         }
     }
 
     /// Starts waiting requests while sequences and cells allow.
     fn admit(&mut self, ctx: &mut LlamaContext<'_>) {
         let capacity = ctx.n_ctx() as usize;
-        while let Some(job) = self.waiting.pop_front() {
-            let prepared = match self.prepare(&job, capacity) {
+        let context_length = capacity.min(self.settings.context_length);
+        // No request is prepared (tokenized, grammar compiled) while every
+        // sequence is busy.
+        while self.sequences.iter().any(|s| s.active.is_none())
+            && let Some(job) = self.waiting.pop_front()
+        {
+            if job.request.control.is_cancelled() {
+                let _ = job.reply.send(Ok(cancelled_before_start()));
+                continue;
+            }
+            let prepared = match prepare(self.model, &job.request, context_length) {
                 Ok(prepared) => prepared,
                 Err(error) => {
                     // The caller may have gone away (cancelled); nothing to do then.
@@ -152,53 +231,27 @@ impl<'m> Batcher<'m> {
                     continue;
                 }
             };
-            let reserved: usize = self
+            let in_use: usize = self
                 .sequences
                 .iter()
                 .filter_map(|s| s.active.as_ref().map(|a| a.reserved))
                 .sum();
-            let free_sequence = self.sequences.iter().any(|s| s.active.is_none());
-            if !free_sequence || reserved + prepared.reserved > capacity {
+            let reserved = (prepared.prompt.len() + job.request.max_tokens + 1).min(context_length);
+            if in_use + reserved > capacity {
                 self.waiting.push_front(job);
                 return;
             }
-            self.start(ctx, job, prepared);
+            self.start(ctx, job, prepared, reserved);
         }
-    }
-
-    fn prepare(&self, job: &Job, capacity: usize) -> Result<Prepared> {
-        let request = &job.request;
-        let prompt = self.model.tokenize_prompt(&request.prompt)?;
-        let context_length = capacity.min(self.settings.context_length as usize);
-        if prompt.len() >= context_length {
-            return Err(Error::PromptTooLong {
-                prompt_tokens: prompt.len(),
-                context_length,
-            });
-        }
-        let matcher = match &request.constraint {
-            Some(constraint) => Some(self.model.constraint_compiler()?.matcher(constraint)?),
-            None => None,
-        };
-        let decoder = Decoder::new(request, matcher, self.model.end_of_generation().to_vec());
-        let reserved = (prompt.len() + request.max_tokens + 1).min(context_length);
-        Ok(Prepared {
-            prompt,
-            decoder,
-            reserved,
-        })
     }
 
     /// Puts a prepared request on a free sequence, sharing the longest prefix
     /// any sequence holds.
-    fn start(&mut self, ctx: &mut LlamaContext<'_>, job: Job, prepared: Prepared) {
-        let Prepared {
-            prompt,
-            decoder,
-            reserved,
-        } = prepared;
-        // At least the last prompt token is read, for its logits.
-        let shareable = prompt.len() - 1;
+    fn start(&mut self, ctx: &mut LlamaContext<'_>, job: Job, prepared: Prepared, reserved: usize) {
+        let Prepared { prompt, decoder } = prepared;
+        // At least the last prompt token is read, for its logits (a prepared
+        // prompt is never empty).
+        let shareable = prompt.len().saturating_sub(1);
         let (source, shared) = if self.settings.reuse_prefix {
             self.sequences
                 .iter()
@@ -285,7 +338,11 @@ impl<'m> Batcher<'m> {
     /// One decode: every generating sequence's next token, then as many
     /// prompt tokens of reading sequences as the batch holds.
     fn step(&mut self, ctx: &mut LlamaContext<'_>) -> Result<()> {
-        let budget = self.settings.batch_size as usize;
+        self.finish_cancelled();
+        if self.running() == 0 {
+            return Ok(());
+        }
+        let budget = self.settings.batch_size;
         let mut batch = LlamaBatch::new(budget, 1);
         let mut used = 0;
         for (id, sequence) in self.sequences.iter_mut().enumerate() {
@@ -296,8 +353,8 @@ impl<'m> Batcher<'m> {
             if let Some(token) = active.pending.take() {
                 let position = sequence.tokens.len() as i32;
                 batch
-                    .add(token, position, &[id as i32], true)
-                    .map_err(inference_error)?;
+                    .add(as_llama(token), position, &[id as i32], true)
+                    .map_err(|e| inference_error("building the batch failed", e))?;
                 sequence.tokens.push(token);
                 active.logits_at = Some(batch.n_tokens() - 1);
                 used += 1;
@@ -311,8 +368,8 @@ impl<'m> Batcher<'m> {
                 let token = active.prompt[active.read];
                 let is_last = active.read + 1 == active.prompt.len();
                 batch
-                    .add(token, active.read as i32, &[id as i32], is_last)
-                    .map_err(inference_error)?;
+                    .add(as_llama(token), active.read as i32, &[id as i32], is_last)
+                    .map_err(|e| inference_error("building the batch failed", e))?;
                 sequence.tokens.push(token);
                 active.read += 1;
                 used += 1;
@@ -322,11 +379,13 @@ impl<'m> Batcher<'m> {
             }
         }
         {
-            let _shared = super::device_memory::decoding();
-            ctx.decode(&mut batch).map_err(inference_error)?;
+            let _shared = device_memory::decoding();
+            ctx.decode(&mut batch)
+                .map_err(|e| inference_error("decoding failed", e))?;
         }
 
-        let context_length = (ctx.n_ctx() as usize).min(self.settings.context_length as usize);
+        let context_length = (ctx.n_ctx() as usize).min(self.settings.context_length);
+        let mut sampled = 0;
         for sequence in &mut self.sequences {
             let Some(active) = sequence.active.as_mut() else {
                 continue;
@@ -344,15 +403,18 @@ impl<'m> Batcher<'m> {
                 );
             }
             let mut logits = ctx.get_logits_ith(index).to_vec();
+            sampled += 1;
             let outcome = active.decoder.next_token(&mut logits).and_then(|token| {
-                let finish = active.decoder.push(token, self.model.token_bytes(token))?;
+                let finish = active
+                    .decoder
+                    .push(token, self.model.card().token_bytes(token))?;
                 Ok((token, finish))
             });
             let finish = match outcome {
                 Ok((_, Some(reason))) => Some(Ok(reason)),
                 Ok(_) if sequence.tokens.len() >= context_length => Some(Ok(FinishReason::Length)),
                 Ok((token, None)) => {
-                    active.pending = Some(LlamaToken(token as i32));
+                    active.pending = Some(token);
                     None
                 }
                 Err(error) => Some(Err(error)),
@@ -366,7 +428,46 @@ impl<'m> Batcher<'m> {
                 let _ = reply.send(finish.map(|reason| done.finish(reason)));
             }
         }
+        self.counters
+            .sampled_tokens
+            .fetch_add(sampled, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Publishes what the worker holds now.
+    fn report(&self) {
+        let running = self.running();
+        let reserved = self
+            .sequences
+            .iter()
+            .filter_map(|s| s.active.as_ref().map(|a| a.reserved))
+            .sum();
+        self.counters
+            .peak_sequences
+            .fetch_max(running, Ordering::Relaxed);
+        self.counters
+            .active_sequences
+            .store(running, Ordering::Relaxed);
+        self.counters
+            .reserved_cells
+            .store(reserved, Ordering::Relaxed);
+    }
+
+    /// Ends the requests whose callers stopped them: their sequences are free
+    /// for the next request from this step on.
+    fn finish_cancelled(&mut self) {
+        for sequence in &mut self.sequences {
+            if sequence
+                .active
+                .as_ref()
+                .is_some_and(|a| a.decoder.is_cancelled())
+                && let Some(done) = sequence.active.take()
+            {
+                sequence.idle_since = Some(Instant::now());
+                let reply = done.job.reply.clone();
+                let _ = reply.send(Ok(done.finish(FinishReason::Cancelled)));
+            }
+        }
     }
 
     /// After a failed decode the caches are in doubt: every running request
@@ -374,20 +475,13 @@ impl<'m> Batcher<'m> {
     fn fail_all(&mut self, ctx: &mut LlamaContext<'_>, error: &Error) {
         for sequence in &mut self.sequences {
             if let Some(active) = sequence.active.take() {
-                let _ = active.job.reply.send(Err(inference_error(error)));
+                let _ = active.job.reply.send(Err(error.clone()));
             }
             sequence.tokens.clear();
             sequence.idle_since = None;
         }
         ctx.clear_kv_cache();
     }
-}
-
-/// A request checked and tokenized, before it has a sequence.
-struct Prepared {
-    prompt: Vec<LlamaToken>,
-    decoder: Decoder,
-    reserved: usize,
 }
 
 impl Active {

@@ -39,6 +39,8 @@
 //!   during another thread's graph capture aborts llama.cpp.
 //! - **Cancellation**: dropping a call's future stops waiting for it; the
 //!   worker finishes that generation and drops the result.
+//! - **Empty prompts**: an empty or white-space prompt is
+//!   [`Error::EmptyPrompt`](crate::Error::EmptyPrompt), before the worker sees it.
 //! - **Not supported**: tool calling (dspy-rs tools are ignored), images.
 
 mod batching;
@@ -48,8 +50,8 @@ mod model;
 
 use std::sync::Arc;
 
-pub use engine::{LlamaCppBackend, LlamaCppConfig};
-pub use model::{LlamaCppLoadOptions, LlamaCppModel};
+pub use engine::{LlamaCppBackend, LlamaCppConfig, LlamaCppSettings, WorkerStats};
+pub use model::{LlamaCppLoad, LlamaCppLoadOptions, LlamaCppModel};
 
 use crate::LocalAdapter;
 

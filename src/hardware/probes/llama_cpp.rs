@@ -9,13 +9,7 @@ pub(super) fn devices() -> Vec<Accelerator> {
     list_llama_ggml_backend_devices()
         .into_iter()
         .filter_map(|device| {
-            let kind = match device.backend.to_ascii_lowercase().as_str() {
-                "cuda" => AcceleratorKind::Cuda,
-                "vulkan" => AcceleratorKind::Vulkan,
-                "metal" | "mtl" => AcceleratorKind::Metal,
-                "rocm" | "hip" => AcceleratorKind::Rocm,
-                _ => return None,
-            };
+            let kind = AcceleratorKind::from_ggml_backend(&device.backend)?;
             let index = per_kind.entry(kind).or_default();
             let this = *index;
             *index += 1;

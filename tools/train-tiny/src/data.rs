@@ -5,9 +5,9 @@
 
 use anyhow::{Context, Result};
 use dspy_rs::{Message, MetaSignature};
-use dsrs_local::backends::candle::tokenizer::GgufTokenizer;
 use dsrs_local::gguf::GgufHeader;
 use dsrs_local::prompt::{ChatTemplate, format_chat};
+use dsrs_local::testing::GgufTokenizer;
 use dsrs_local::testing::tasks::{TaskExample, TaskFamily, TaskStream};
 use rand::Rng;
 
@@ -82,9 +82,14 @@ impl Encoder {
         let header = GgufHeader::read(vocab_path)?;
         let tokenizer = GgufTokenizer::from_header(&header)?;
         // As the backends build it from the file.
-        let template = ChatTemplate::from_model(
-            header.chat_template().map(str::to_string),
-            tokenizer.bos_text().to_string(),
+        let bos_text = tokenizer
+            .bos()
+            .and_then(|id| tokenizer.token_text(id))
+            .unwrap_or("");
+        let template = ChatTemplate::for_model(
+            header.chat_template(),
+            header.architecture().unwrap_or("llama"),
+            bos_text,
             END_OF_TURN_TEXT,
         )?;
         let mut token_lengths: Vec<usize> = tokenizer.pieces().iter().map(Vec::len).collect();

@@ -41,11 +41,10 @@ use candle_core::quantized::GgmlDType;
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::{Device, Tensor};
 use candle_nn::ParamsAdamW;
+use dsrs_local::LocalModel as _;
 use dsrs_local::testing::tasks::{TaskFamily, TaskStream, score};
 use dsrs_local::testing::{TestModelSpec, TestTokenizer};
-use dsrs_local::{
-    CandleAdapter, CandleConfig, CandleLoadOptions, CandleModel, GenerationConfig, local_lm,
-};
+use dsrs_local::{CandleAdapter, CandleConfig, CandleLoadOptions, CandleModel, GenerationConfig};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
@@ -307,7 +306,7 @@ fn check_export(path: &std::path::Path) -> Result<()> {
     for _ in 0..3 {
         let example = draw_example(&mut stream, &mut rng, &Mix::default());
         let (prompt, _) = prompt_and_reply(&template, &example)?;
-        let tokens = served.tokenize_prompt(&prompt);
+        let tokens = served.tokenize_prompt(&prompt)?;
         let input = Tensor::new(tokens.as_slice(), &device)?.unsqueeze(0)?;
         let hidden = trained.hidden_states(&input)?;
         let last = hidden.get(0)?.get(tokens.len() - 1)?.unsqueeze(0)?;
@@ -543,7 +542,12 @@ fn write_model(
         context_length: model.dims.max_positions,
         ..TestModelSpec::tiny(TestTokenizer::ByteLevel)
     };
-    metadata.extend(shape.hyperparameters(model.dims.vocab));
+    metadata.extend(
+        shape
+            .hyperparameters(model.dims.vocab)
+            .into_iter()
+            .map(|(key, value)| (key, candle_value(value))),
+    );
     metadata.insert(
         "general.name".into(),
         Value::String("dsrs-tiny (dsrs-local's own task model)".into()),
@@ -559,6 +563,20 @@ fn write_model(
     Ok(())
 }
 
+/// A header value of the crate's as candle writes it (at the widths
+/// llama.cpp reads: 32-bit integers and floats).
+fn candle_value(value: dsrs_local::gguf::MetadataValue) -> Value {
+    use dsrs_local::gguf::MetadataValue as M;
+    match value {
+        M::Uint(v) => u32::try_from(v).map_or(Value::U64(v), Value::U32),
+        M::Int(v) => i32::try_from(v).map_or(Value::I64(v), Value::I32),
+        M::Float(v) => Value::F32(v as f32),
+        M::Bool(v) => Value::Bool(v),
+        M::String(v) => Value::String(v),
+        M::Array(items) => Value::Array(items.into_iter().map(candle_value).collect()),
+    }
+}
+
 async fn evaluate(settings: &Settings) -> Result<()> {
     if settings.eval == 0 {
         return Ok(());
@@ -570,7 +588,7 @@ async fn evaluate(settings: &Settings) -> Result<()> {
     let config = CandleConfig::default()
         .with_generation(GenerationConfig::default().with_max_text_chars(200));
     let adapter = CandleAdapter::from_loaded_model(model, config);
-    let lm = local_lm().await?;
+    let lm = adapter.lm().await?;
     let mut stream = TaskStream::held_out(EVAL_SEED);
     println!("held-out accuracy (candle, greedy, constrained):");
     for family in TaskFamily::ALL {

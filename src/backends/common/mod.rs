@@ -1,0 +1,8 @@
+//! What both backends share, written once: their settings and the
+//! preparation of a request.
+
+mod config;
+mod request;
+
+pub use config::{EngineConfig, EngineSettings, LoadOptions};
+pub(crate) use request::{Prepared, cancelled_before_start, prepare};

@@ -1,0 +1,264 @@
+//! `POST /v1/chat/completions`: the conversation through the model's chat
+//! template, `n` choices decoded side by side (sharing the prompt's KV cache
+//! where the engine does), whole or as server-sent events.
+
+use std::convert::Infallible;
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::engine::SharedEngine;
+use super::errors::ApiError;
+use super::request::{ApiJson, Planned, chat_constraint, plan, render_chat};
+use super::wire::{ChatRequest, Usage};
+use super::{AppState, unix_seconds};
+use crate::backend::{FinishReason, Generation, GenerationControl, GenerationRequest};
+
+/// OpenAI's name for why a reply ended.
+pub(super) fn finish_reason(reason: FinishReason) -> &'static str {
+    match reason {
+        FinishReason::Length => "length",
+        FinishReason::Stop | FinishReason::Constraint | FinishReason::Cancelled => "stop",
+    }
+}
+
+/// A fresh response id with `prefix` (`chatcmpl`, `cmpl`).
+pub(super) fn response_id(prefix: &str) -> String {
+    format!("{prefix}-{:016x}", rand::random::<u64>())
+}
+
+pub(super) async fn handle(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<ChatRequest>,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let result = respond(&state, body, started).await;
+    state.metrics.request(
+        "chat",
+        result.as_ref().map_or_else(|e| e.status.as_u16(), |_| 200),
+    );
+    result
+}
+
+async fn respond(
+    state: &AppState,
+    body: ChatRequest,
+    started: Instant,
+) -> Result<Response, ApiError> {
+    state.check_model(body.model.as_deref())?;
+    let engine = state.engine()?;
+    if body.tools.as_ref().is_some_and(|t| !t.is_empty()) {
+        return Err(ApiError::bad_request("`tools` are not supported yet").with_param("tools"));
+    }
+    let prompt = render_chat(state, engine.as_ref(), &body.messages)?;
+    let constraint = chat_constraint(
+        state,
+        engine.as_ref(),
+        &body.messages,
+        body.response_format.as_ref(),
+    )?;
+    let planned = plan(state, engine.as_ref(), prompt, body.sampling, constraint)?;
+    if planned.stream {
+        Ok(stream(state.clone(), engine, planned, started))
+    } else {
+        whole(state, &engine, planned, started).await
+    }
+}
+
+/// All choices at once, in one JSON body.
+async fn whole(
+    state: &AppState,
+    engine: &SharedEngine,
+    planned: Planned,
+    started: Instant,
+) -> Result<Response, ApiError> {
+    let generations = futures_util::future::join_all(
+        planned
+            .choices
+            .into_iter()
+            .map(|request| engine.generate(request)),
+    )
+    .await;
+    let mut usage: Option<Usage> = None;
+    let mut choices = Vec::new();
+    for (index, generation) in generations.into_iter().enumerate() {
+        let generation = generation?;
+        state.metrics.generation(&generation, started, None);
+        let this = usage_of(&generation);
+        // The prompt is counted once, however many choices share it.
+        match &mut usage {
+            None => usage = Some(this),
+            Some(total) => {
+                total.completion_tokens += this.completion_tokens;
+                total.total_tokens += this.completion_tokens;
+            }
+        }
+        choices.push(json!({
+            "index": index,
+            "message": {"role": "assistant", "content": generation.text},
+            "logprobs": Value::Null,
+            "finish_reason": finish_reason(generation.finish_reason),
+        }));
+    }
+    Ok(axum::Json(json!({
+        "id": response_id("chatcmpl"),
+        "object": "chat.completion",
+        "created": unix_seconds(),
+        "model": state.model_name,
+        "choices": choices,
+        "usage": usage,
+        "system_fingerprint": "dsrs-local",
+    }))
+    .into_response())
+}
+
+pub(super) fn usage_of(generation: &Generation) -> Usage {
+    Usage::new(
+        generation.prompt_tokens,
+        generation.completion_tokens,
+        generation.cached_prompt_tokens,
+    )
+}
+
+/// The choices as server-sent events: a role delta, text deltas as they are
+/// generated, a last chunk with the finish reason, usage when asked, then
+/// `[DONE]`. A client that goes away stops every choice's generation.
+fn stream(state: AppState, engine: SharedEngine, planned: Planned, started: Instant) -> Response {
+    let (events, receiver) = mpsc::channel::<Result<Event, Infallible>>(64);
+    tokio::spawn(async move {
+        let id = response_id("chatcmpl");
+        let chunk = ChunkWriter {
+            id,
+            model: state.model_name.clone(),
+            created: unix_seconds(),
+            events,
+        };
+        let runs = planned
+            .choices
+            .into_iter()
+            .enumerate()
+            .map(|(index, request)| {
+                stream_choice(&state, &engine, &chunk, index, request, started)
+            });
+        let finished = futures_util::future::join_all(runs).await;
+        let mut usage: Option<Usage> = None;
+        for generation in finished.into_iter().flatten() {
+            let this = usage_of(&generation);
+            match &mut usage {
+                None => usage = Some(this),
+                Some(total) => {
+                    total.completion_tokens += this.completion_tokens;
+                    total.total_tokens += this.completion_tokens;
+                }
+            }
+        }
+        if planned.include_usage {
+            chunk.send(json!([]), usage).await;
+        }
+        let _ = chunk.events.send(Ok(Event::default().data("[DONE]"))).await;
+    });
+    Sse::new(ReceiverStream::new(receiver))
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+/// Writes `chat.completion.chunk` events.
+struct ChunkWriter {
+    id: String,
+    model: String,
+    created: u64,
+    events: mpsc::Sender<Result<Event, Infallible>>,
+}
+
+impl ChunkWriter {
+    /// Sends one chunk; false when the client is gone.
+    async fn send(&self, choices: Value, usage: Option<Usage>) -> bool {
+        let mut body = json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": "dsrs-local",
+            "choices": choices,
+        });
+        if let Some(usage) = usage {
+            body["usage"] = json!(usage);
+        }
+        let event = Event::default().data(body.to_string());
+        self.events.send(Ok(event)).await.is_ok()
+    }
+
+    async fn delta(&self, index: usize, delta: Value, finish: Option<&str>) -> bool {
+        self.send(
+            json!([{"index": index, "delta": delta, "logprobs": Value::Null, "finish_reason": finish}]),
+            None,
+        )
+        .await
+    }
+}
+
+/// Streams one choice; returns its generation when it completed.
+async fn stream_choice(
+    state: &AppState,
+    engine: &SharedEngine,
+    chunk: &ChunkWriter,
+    index: usize,
+    mut request: GenerationRequest,
+    started: Instant,
+) -> Option<Generation> {
+    let (control, mut text) = GenerationControl::streaming();
+    request.control = control;
+    if !chunk
+        .delta(index, json!({"role": "assistant", "content": ""}), None)
+        .await
+    {
+        return None;
+    }
+    let generation = engine.generate(request);
+    tokio::pin!(generation);
+    let mut first_token = None;
+    let result = loop {
+        tokio::select! {
+            piece = text.next() => match piece {
+                Some(piece) => {
+                    first_token.get_or_insert_with(Instant::now);
+                    // A client that went away: dropping the generation stops it.
+                    if !chunk.delta(index, json!({"content": piece}), None).await {
+                        return None;
+                    }
+                }
+                None => break generation.await,
+            },
+            result = &mut generation => break result,
+        }
+    };
+    // Text the generation confirmed at its end (its stream has closed).
+    while let Some(piece) = text.next().await {
+        first_token.get_or_insert_with(Instant::now);
+        if !chunk.delta(index, json!({"content": piece}), None).await {
+            return None;
+        }
+    }
+    match result {
+        Ok(generation) => {
+            state.metrics.generation(&generation, started, first_token);
+            let reason = finish_reason(generation.finish_reason);
+            chunk.delta(index, json!({}), Some(reason)).await;
+            Some(generation)
+        }
+        Err(error) => {
+            let error = ApiError::from(error);
+            let body = json!({"error": {"message": error.message, "type": error.kind}});
+            let _ = chunk
+                .events
+                .send(Ok(Event::default().data(body.to_string())))
+                .await;
+            None
+        }
+    }
+}

@@ -1,0 +1,113 @@
+"""Real Python clients against `dsrs-local serve`: the `openai` package
+(plain, streaming, `response_format`) and Python DSPy programs (ChatAdapter
+and JSONAdapter) whose replies must parse.
+
+Run by the Rust suite (tests/suite/python_clients.rs), which starts the
+server and passes its URL:  python clients.py BASE_URL MODEL API_KEY
+Prints one line per check; exits non-zero on the first failure.
+"""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no network at import
+
+import dspy
+import openai
+
+BASE, MODEL, KEY = sys.argv[1], sys.argv[2], sys.argv[3]
+client = openai.OpenAI(base_url=BASE, api_key=KEY)
+
+
+def check(name, condition, detail=""):
+    if not condition:
+        print(f"FAIL {name}: {detail}", flush=True)
+        sys.exit(1)
+    print(f"ok   {name}", flush=True)
+
+
+# --- the openai client ---
+reply = client.chat.completions.create(
+    model=MODEL,
+    messages=[{"role": "user", "content": "What is the capital of France?"}],
+    max_tokens=16,
+    temperature=0,
+)
+text = reply.choices[0].message.content
+check("plain chat", isinstance(text, str) and reply.usage.total_tokens > 0, reply)
+
+pieces = []
+usage = None
+for chunk in client.chat.completions.create(
+    model=MODEL,
+    messages=[{"role": "user", "content": "What is the capital of France?"}],
+    max_tokens=16,
+    temperature=0,
+    stream=True,
+    stream_options={"include_usage": True},
+):
+    if chunk.choices and chunk.choices[0].delta.content:
+        pieces.append(chunk.choices[0].delta.content)
+    if chunk.usage:
+        usage = chunk.usage
+check("streaming adds up to the whole reply", "".join(pieces) == text, ("".join(pieces), text))
+check("streaming reports usage", usage is not None and usage.total_tokens == reply.usage.total_tokens, usage)
+
+schema = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
+    "required": ["city", "population"],
+    "additionalProperties": False,
+}
+reply = client.chat.completions.create(
+    model=MODEL,
+    messages=[{"role": "user", "content": "The largest city of Japan, as JSON."}],
+    max_tokens=120,
+    response_format={"type": "json_schema", "json_schema": {"name": "city", "schema": schema}},
+)
+value = json.loads(reply.choices[0].message.content)
+check("response_format json_schema", isinstance(value["city"], str) and isinstance(value["population"], int), value)
+
+try:
+    client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "x"}])
+    check("unknown model is an error", False, "no error")
+except openai.NotFoundError as error:
+    check("unknown model is a 404", "does not exist" in str(error), error)
+
+# --- Python DSPy ---
+lm = dspy.LM(
+    f"openai/{MODEL}", api_base=BASE, api_key=KEY, temperature=0.0, max_tokens=200, cache=False
+)
+
+
+class Capital(dspy.Signature):
+    """Answer the question."""
+
+    question: str = dspy.InputField()
+    answer: str = dspy.OutputField()
+
+
+class Sum(dspy.Signature):
+    """Add the numbers."""
+
+    a: int = dspy.InputField()
+    b: int = dspy.InputField()
+    total: int = dspy.OutputField()
+    steps: list[str] = dspy.OutputField()
+
+
+for adapter in (dspy.ChatAdapter(), dspy.JSONAdapter()):
+    name = type(adapter).__name__
+    dspy.configure(lm=lm, adapter=adapter)
+    answer = dspy.Predict(Capital)(question="What is the capital of France?").answer
+    check(f"DSPy {name}: text field parses", isinstance(answer, str), answer)
+    result = dspy.Predict(Sum)(a=2, b=3)
+    check(
+        f"DSPy {name}: typed fields parse",
+        isinstance(result.total, int) and isinstance(result.steps, list),
+        result,
+    )
+    print(f"     {name} answered {answer!r}, total {result.total}", flush=True)
+
+print("all checks passed", flush=True)

@@ -1,0 +1,114 @@
+//! Python's clients against `dsrs-local serve` on the crate's own model: the
+//! `openai` package and Python DSPy programs (`tests/python/clients.py`), on
+//! each backend. The venv comes from `.ci/python-env` (run by `make test`);
+//! without it the tests skip and say why.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use dsrs_local::testing::task_model_path;
+
+/// The venv's Python, when `.ci/python-env` has made it.
+fn python() -> Option<PathBuf> {
+    let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/py/bin/python");
+    if python.is_file() {
+        Some(python)
+    } else {
+        println!(
+            "skipped: no {} (run `bash .ci/python-env`, as `make test` does)",
+            python.display()
+        );
+        None
+    }
+}
+
+/// A `dsrs-local serve` process, killed when dropped.
+struct Served {
+    child: Child,
+    base_url: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(backend: &str, key: &str) -> Served {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dsrs-local"))
+        .args([
+            "serve",
+            "--port",
+            "0",
+            "--api-key",
+            key,
+            "--model-name",
+            "dsrs-tiny",
+        ])
+        .args([
+            "--backend",
+            backend,
+            "--parallel",
+            "4",
+            "--max-tokens",
+            "200",
+        ])
+        .arg(task_model_path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("dsrs-local starts");
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let mut lines = BufReader::new(stdout).lines();
+    let base_url = loop {
+        let line = lines
+            .next()
+            .expect("dsrs-local printed its URL before exiting")
+            .expect("readable stdout");
+        if let Some(rest) = line.strip_prefix("serving at ") {
+            break rest
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string();
+        }
+    };
+    Served { child, base_url }
+}
+
+fn run_clients(backend: &str) {
+    let Some(python) = python() else {
+        return;
+    };
+    let served = serve(backend, "test-key");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/clients.py");
+    let output = Command::new(python)
+        .arg(script)
+        .args([served.base_url.as_str(), "dsrs-tiny", "test-key"])
+        .env(
+            "DSPY_CACHEDIR",
+            std::env::temp_dir().join("dsrs-dspy-cache"),
+        )
+        .output()
+        .expect("python runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    println!("{stdout}");
+    assert!(
+        output.status.success(),
+        "{backend}: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[cfg(feature = "llamacpp")]
+#[test]
+fn openai_and_dspy_python_clients_on_llama_cpp() {
+    run_clients("llamacpp");
+}
+
+#[cfg(feature = "candle")]
+#[test]
+fn openai_and_dspy_python_clients_on_candle() {
+    run_clients("candle");
+}

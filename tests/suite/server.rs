@@ -1,0 +1,563 @@
+//! The OpenAI-compatible server through real HTTP on loopback: what clients
+//! send, what they get back, every bad input, disconnects and load.
+
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use dspy_rs::{ChatAdapter, adapter::Adapter, example};
+use dsrs_local::prompt::{SignatureFields, parse_reply};
+use dsrs_local::server::{RunningServer, Server, ServerOptions};
+use dsrs_local::{
+    Backend, GenerationConfig, GenerationRequest, LlamaCppAdapter, LlamaCppConfig,
+    LlamaCppLoadOptions, LlamaCppModel,
+};
+use serde_json::{Value, json};
+
+use crate::MultiField;
+use crate::conformance::TINY_CHAT_MODEL;
+
+static MODEL: LazyLock<Arc<LlamaCppModel>> = LazyLock::new(|| {
+    Arc::new(
+        LlamaCppModel::load(&TINY_CHAT_MODEL.1, LlamaCppLoadOptions::default()).expect("loads"),
+    )
+});
+
+/// The name the server gives the tiny model (its file's stem).
+const NAME: &str = "tiny-chat";
+
+fn adapter(sequences: usize) -> LlamaCppAdapter {
+    LlamaCppAdapter::from_loaded_model(
+        Arc::clone(&MODEL),
+        LlamaCppConfig::default()
+            .with_context_length(4096)
+            .with_parallel_sequences(sequences)
+            .with_generation(
+                GenerationConfig::default()
+                    .with_max_text_chars(60)
+                    .with_max_concurrency(sequences.max(4)),
+            ),
+    )
+}
+
+fn start(adapter: LlamaCppAdapter, options: ServerOptions) -> RunningServer {
+    Server::start(adapter, "127.0.0.1:0".parse().unwrap(), options).unwrap()
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap()
+}
+
+async fn post(server: &RunningServer, path: &str, body: &Value) -> (u16, Value) {
+    let response = client()
+        .post(format!("{}{path}", server.base_url()))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+fn chat(content: &str, extra: Value) -> Value {
+    let mut body = json!({
+        "model": NAME,
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": 12,
+        "temperature": 0,
+    });
+    if let (Some(body), Value::Object(extra)) = (body.as_object_mut(), extra) {
+        body.extend(extra);
+    }
+    body
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chat_completions_answer_with_the_shape_clients_parse_and_real_usage() {
+    let adapter = adapter(1);
+    let server = start(adapter.clone(), ServerOptions::default());
+    let (status, reply) = post(
+        &server,
+        "/chat/completions",
+        &chat("Hello there", json!({})),
+    )
+    .await;
+    assert_eq!(status, 200, "{reply}");
+    for key in ["id", "object", "created", "model", "choices", "usage"] {
+        assert!(!reply[key].is_null(), "`{key}` missing: {reply}");
+    }
+    assert!(reply["created"].is_u64());
+    assert_eq!(reply["object"], "chat.completion");
+    let choice = &reply["choices"][0];
+    assert_eq!(choice["message"]["role"], "assistant");
+    assert!(choice["finish_reason"].is_string());
+    let usage = &reply["usage"];
+    let prompt = adapter
+        .backend()
+        .chat_template()
+        .render_turns(&[("user".into(), "Hello there".into())], true)
+        .unwrap();
+    assert_eq!(
+        usage["prompt_tokens"].as_u64().unwrap() as usize,
+        adapter.backend().count_tokens(&prompt).unwrap(),
+        "usage counts the rendered prompt's tokens"
+    );
+    assert_eq!(
+        usage["total_tokens"],
+        usage["prompt_tokens"].as_u64().unwrap() + usage["completion_tokens"].as_u64().unwrap()
+    );
+    // rig sends content as an array of parts; the same conversation answers the same.
+    let parts = json!({"messages": [{"role": "user", "content": [{"type": "text", "text": "Hello there"}]}]});
+    let (_, again) = post(&server, "/chat/completions", &chat("", parts)).await;
+    assert_eq!(again["choices"][0]["message"], choice["message"]);
+}
+
+/// Reads a server-sent-events body into its `data:` payloads.
+async fn sse(response: reqwest::Response) -> Vec<String> {
+    let text = response.text().await.unwrap();
+    text.lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn streamed_deltas_add_up_to_the_whole_reply_then_usage_and_done() {
+    let server = start(adapter(1), ServerOptions::default());
+    let (_, whole) = post(
+        &server,
+        "/chat/completions",
+        &chat("Tell me a story", json!({"max_tokens": 24})),
+    )
+    .await;
+    let body = chat(
+        "Tell me a story",
+        json!({"max_tokens": 24, "stream": true, "stream_options": {"include_usage": true}}),
+    );
+    let response = client()
+        .post(format!("{}/chat/completions", server.base_url()))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let events = sse(response).await;
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(
+        text,
+        whole["choices"][0]["message"]["content"].as_str().unwrap()
+    );
+    let finish = chunks
+        .iter()
+        .find_map(|c| c["choices"][0]["finish_reason"].as_str())
+        .unwrap();
+    assert_eq!(finish, whole["choices"][0]["finish_reason"]);
+    let usage = chunks.last().unwrap();
+    assert_eq!(usage["choices"], json!([]));
+    for key in ["prompt_tokens", "completion_tokens", "total_tokens"] {
+        assert_eq!(usage["usage"][key], whole["usage"][key], "{key}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn completions_continue_raw_text_as_the_adapter_does() {
+    let adapter = adapter(1);
+    let server = start(adapter.clone(), ServerOptions::default());
+    let body =
+        json!({"model": NAME, "prompt": "Once upon a time", "max_tokens": 10, "temperature": 0});
+    let (status, reply) = post(&server, "/completions", &body).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["object"], "text_completion");
+    let direct = adapter
+        .generate(GenerationRequest::new("Once upon a time", 10))
+        .await
+        .unwrap();
+    assert_eq!(reply["choices"][0]["text"], json!(direct.text));
+    assert_eq!(
+        reply["usage"]["completion_tokens"],
+        json!(direct.completion_tokens)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn models_health_and_metrics_answer() {
+    let server = start(adapter(1), ServerOptions::default());
+    let http = client();
+    let models: Value = http
+        .get(format!("{}/models", server.base_url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(models["data"][0]["id"], NAME);
+    let root = format!("http://{}", server.address());
+    let health: Value = http
+        .get(format!("{root}/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "ok");
+    post(&server, "/chat/completions", &chat("Hi", json!({}))).await;
+    let metrics = http
+        .get(format!("{root}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for family in [
+        "dsrs_requests_total{endpoint=\"chat\",status=\"200\"} 1",
+        "dsrs_prompt_tokens_total",
+        "dsrs_completion_tokens_total",
+        "dsrs_cached_prompt_tokens_total",
+        "dsrs_queue_depth 0",
+        "dsrs_time_to_first_token_seconds_count 1",
+        "dsrs_decode_tokens_per_second",
+    ] {
+        assert!(metrics.contains(family), "{family} missing:\n{metrics}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn response_format_json_schema_gives_json_that_follows_it() {
+    let server = start(adapter(1), ServerOptions::default());
+    let schema = json!({
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+        "required": ["name", "age"],
+        "additionalProperties": false
+    });
+    let format = json!({"response_format": {"type": "json_schema", "json_schema": {"name": "person", "schema": schema}}, "max_tokens": 200});
+    let (status, reply) = post(&server, "/chat/completions", &chat("Who?", format)).await;
+    assert_eq!(status, 200, "{reply}");
+    let content = reply["choices"][0]["message"]["content"].as_str().unwrap();
+    let value: Value = serde_json::from_str(content).unwrap_or_else(|e| panic!("{e}: {content}"));
+    assert!(
+        value["name"].is_string() && value["age"].is_i64(),
+        "{value}"
+    );
+    assert_eq!(value.as_object().unwrap().len(), 2);
+
+    let object = json!({"response_format": {"type": "json_object"}, "max_tokens": 100});
+    let (_, reply) = post(&server, "/chat/completions", &chat("Any", object)).await;
+    let content = reply["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(
+        serde_json::from_str::<Value>(content).unwrap().is_object(),
+        "{content}"
+    );
+}
+
+/// A dspy-rs `ChatAdapter` conversation, as its `LM` sends it, gets the
+/// signature's field grammar: the typed reply always parses.
+#[tokio::test(flavor = "multi_thread")]
+async fn dspy_prompts_are_held_to_their_field_grammar() {
+    let server = start(adapter(1), ServerOptions::default());
+    let signature = MultiField::new();
+    let chat = ChatAdapter.format(
+        &signature,
+        example! { "number": "input" => 21, "language": "input" => "English" },
+    );
+    let messages: Vec<Value> = chat
+        .messages
+        .iter()
+        .map(|m| {
+            let role = match m {
+                dspy_rs::Message::System { .. } => "system",
+                dspy_rs::Message::User { .. } => "user",
+                dspy_rs::Message::Assistant { .. } => "assistant",
+            };
+            json!({"role": role, "content": [{"type": "text", "text": m.content()}]})
+        })
+        .collect();
+    let body = json!({"model": NAME, "messages": messages, "max_tokens": 400, "temperature": 0.7, "seed": 3});
+    let (status, reply) = post(&server, "/chat/completions", &body).await;
+    assert_eq!(status, 200, "{reply}");
+    let content = reply["choices"][0]["message"]["content"].as_str().unwrap();
+    let fields = SignatureFields::of(&signature).unwrap();
+    let parsed = parse_reply(&fields, content).unwrap_or_else(|e| panic!("{e}: {content}"));
+    assert!(
+        parsed["doubled"].is_i64() && parsed["is_even"].is_boolean(),
+        "{parsed:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn n_choices_are_seeded_apart_and_repeat_with_the_seed() {
+    let server = start(adapter(4), ServerOptions::default());
+    let body = chat(
+        "Pick",
+        json!({"n": 3, "temperature": 1.0, "seed": 11, "max_tokens": 8}),
+    );
+    let (status, first) = post(&server, "/chat/completions", &body).await;
+    assert_eq!(status, 200, "{first}");
+    let (_, second) = post(&server, "/chat/completions", &body).await;
+    let texts = |reply: &Value| -> Vec<Value> {
+        reply["choices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["message"]["content"].clone())
+            .collect()
+    };
+    assert_eq!(texts(&first).len(), 3);
+    assert_eq!(
+        texts(&first),
+        texts(&second),
+        "the same seed gives the same choices"
+    );
+    let indexes: Vec<u64> = first["choices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(indexes, [0, 1, 2]);
+}
+
+/// Every bad input gets its status and an OpenAI-shaped error; the server
+/// answers the next good request.
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_requests_get_openai_errors_and_nothing_else_breaks() {
+    let mut options = ServerOptions::default().with_api_key("sesame");
+    options.max_body_bytes = 4096;
+    let server = start(adapter(1), options);
+    let http = client();
+    let url = format!("{}/chat/completions", server.base_url());
+    let send = |body: reqwest::Body, key: Option<&str>| {
+        let mut request = http
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        request.send()
+    };
+    let check = |status: u16, expected: u16, body: &Value, contains: &str| {
+        assert_eq!(status, expected, "{body}");
+        let message = body["error"]["message"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error message: {body}"));
+        assert!(body["error"]["type"].is_string(), "{body}");
+        assert!(
+            message.contains(contains),
+            "{message:?} should mention {contains:?}"
+        );
+    };
+    let cases: Vec<(Vec<u8>, Option<&str>, u16, &str)> = vec![
+        (b"{not json".to_vec(), Some("sesame"), 400, "not valid"),
+        (br#"{"messages": "hi"}"#.to_vec(), Some("sesame"), 400, "messages"),
+        (br#"{"messages": []}"#.to_vec(), Some("sesame"), 400, "must not be empty"),
+        (chat("x", json!({"model": "gpt-4"})).to_string().into_bytes(), Some("sesame"), 404, "gpt-4"),
+        (chat("x", json!({"n": 0})).to_string().into_bytes(), Some("sesame"), 400, "`n`"),
+        (chat("x", json!({"temperature": 9})).to_string().into_bytes(), Some("sesame"), 400, "temperature"),
+        (chat("x", json!({"messages": [{"role": "wizard", "content": "x"}]})).to_string().into_bytes(), Some("sesame"), 400, "wizard"),
+        (chat("x", json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "frobnicate"}}}})).to_string().into_bytes(), Some("sesame"), 400, "constraint"),
+        (chat(&"long ".repeat(1000), json!({})).to_string().into_bytes(), Some("sesame"), 413, "too large"),
+        (chat("x", json!({})).to_string().into_bytes(), None, 401, "API key"),
+        (chat("x", json!({})).to_string().into_bytes(), Some("wrong"), 401, "API key"),
+    ];
+    for (body, key, expected, contains) in cases {
+        let response = send(body.into(), key).await.unwrap();
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap();
+        check(status, expected, &body, contains);
+    }
+    // A prompt longer than the context: 400 with both numbers.
+    let small = LlamaCppAdapter::from_loaded_model(
+        Arc::clone(&MODEL),
+        LlamaCppConfig::default().with_context_length(256),
+    );
+    let tight = start(small, ServerOptions::default());
+    let (status, body) = post(
+        &tight,
+        "/chat/completions",
+        &chat(&"word ".repeat(400), json!({})),
+    )
+    .await;
+    check(status, 400, &body, "context holds 256");
+    // Unknown route, and the completions endpoint without streaming.
+    let (status, body) = post(&tight, "/embeddings", &json!({})).await;
+    check(status, 404, &body, "/v1/embeddings");
+    let (status, body) = post(
+        &tight,
+        "/completions",
+        &json!({"prompt": "x", "stream": true}),
+    )
+    .await;
+    check(status, 400, &body, "stream");
+    // The server still answers.
+    let ok = send(chat("x", json!({})).to_string().into(), Some("sesame"))
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+}
+
+/// A client that goes away mid-stream stops its generation (its sequence is
+/// free within a step) and does not hold up the next request.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_disconnects_mid_stream_frees_its_sequence() {
+    let adapter = adapter(1);
+    let backend = Arc::clone(adapter.backend());
+    let server = start(adapter, ServerOptions::default());
+    let budget = 3000;
+    let body = chat(
+        "Tell me everything",
+        json!({"max_tokens": budget, "stream": true, "temperature": 1.0, "seed": 1}),
+    );
+    let before = backend.stats().sampled_tokens;
+    let mut response = client()
+        .post(format!("{}/chat/completions", server.base_url()))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    // Two chunks in, the client goes away.
+    response.chunk().await.unwrap();
+    response.chunk().await.unwrap();
+    drop(response);
+    let freed = async {
+        while backend.stats().active_sequences > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), freed)
+        .await
+        .expect("the sequence is freed");
+    let sampled = backend.stats().sampled_tokens - before;
+    assert!(
+        sampled < budget,
+        "the stopped stream sampled {sampled} of {budget} tokens"
+    );
+    assert_eq!(backend.stats().reserved_cells, 0);
+    let (status, _) = post(&server, "/chat/completions", &chat("Next", json!({}))).await;
+    assert_eq!(status, 200);
+}
+
+/// 64 concurrent streaming clients get the replies they would get one at a
+/// time, and a client that stops reading holds up none of them.
+#[tokio::test(flavor = "multi_thread")]
+async fn sixty_four_streaming_clients_get_their_lone_replies_and_a_slow_reader_blocks_no_one() {
+    let server = Arc::new(start(adapter(8), ServerOptions::default()));
+    let prompts: Vec<String> = (0..64)
+        .map(|i| format!("Question {i}: what comes next?"))
+        .collect();
+    let mut alone = Vec::new();
+    for prompt in &prompts {
+        let (_, reply) = post(
+            &server,
+            "/chat/completions",
+            &chat(prompt, json!({"max_tokens": 16})),
+        )
+        .await;
+        alone.push(
+            reply["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+
+    // The slow reader takes its first chunk, then stops reading until the
+    // others are done.
+    let mut slow = client()
+        .post(format!("{}/chat/completions", server.base_url()))
+        .json(&chat(
+            "A slow reader",
+            json!({"max_tokens": 400, "stream": true}),
+        ))
+        .send()
+        .await
+        .unwrap();
+    slow.chunk().await.unwrap();
+
+    let streams = prompts.iter().map(|prompt| {
+        let server = Arc::clone(&server);
+        let body = chat(prompt, json!({"max_tokens": 16, "stream": true}));
+        async move {
+            let response = client()
+                .post(format!("{}/chat/completions", server.base_url()))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            sse(response)
+                .await
+                .iter()
+                .filter(|e| *e != "[DONE]")
+                .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+                .filter_map(|c| {
+                    c["choices"][0]["delta"]["content"]
+                        .as_str()
+                        .map(str::to_string)
+                })
+                .collect::<String>()
+        }
+    });
+    let together =
+        tokio::time::timeout(Duration::from_secs(300), futures::future::join_all(streams))
+            .await
+            .expect("the 64 streams finish while the slow reader waits");
+    assert_eq!(together, alone);
+    // The slow reader still gets its whole reply.
+    let rest = sse(slow).await;
+    assert_eq!(rest.last().map(String::as_str), Some("[DONE]"));
+}
+
+/// `LocalAdapter::lm` points at a live loopback server on the same engine.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_lm_an_adapter_hands_out_is_served_by_it() {
+    let adapter = adapter(1);
+    let lm = adapter.lm().await.unwrap();
+    let base = lm.base_url.clone().unwrap();
+    assert!(base.starts_with("http://127.0.0.1:"), "{base}");
+    let reply: Value = client()
+        .post(format!("{base}/chat/completions"))
+        .json(&chat("Hello", json!({"model": lm.model})))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(reply["object"], "chat.completion", "{reply}");
+    // The same adapter (or a clone) gets the same address; another, its own.
+    assert_eq!(adapter.clone().lm().await.unwrap().base_url, lm.base_url);
+    let other = self::adapter(1).lm().await.unwrap();
+    assert_ne!(other.base_url, lm.base_url);
+    // dspy-rs's own HTTP client parses what it serves.
+    let response = lm
+        .call(
+            dspy_rs::Chat::new(vec![
+                dspy_rs::Message::system("You are terse."),
+                dspy_rs::Message::user("Say hi."),
+            ]),
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert!(response.usage.prompt_tokens > 0);
+}
