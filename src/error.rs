@@ -159,6 +159,18 @@ pub enum Error {
         /// The context window the request ran with.
         context_length: usize,
     },
+    /// `max_tokens` cannot hold even the shortest reply the output
+    /// constraint accepts (every field's marker and shortest value).
+    #[error(
+        "max_tokens is {max_tokens} but the shortest reply this signature accepts is \
+         {needed} tokens; raise max_tokens"
+    )]
+    BudgetTooSmall {
+        /// The request's token budget.
+        max_tokens: usize,
+        /// Tokens of the shortest reply the constraint accepts.
+        needed: usize,
+    },
     /// The output grammar could not be built or compiled for this model's vocabulary.
     #[error("output constraint error: {reason}")]
     Constraint {

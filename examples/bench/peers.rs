@@ -162,19 +162,25 @@ impl Drop for Server {
     }
 }
 
-/// Runs `benches/dspy_python.py` (Python DSPy against llama-cpp-python's
-/// server on the same file) and returns the JSON it prints last.
+/// Runs `benches/dspy_python.py` (Python DSPy against `base_url`, or against
+/// llama-cpp-python's server on the same file, which it starts, when `None`)
+/// and returns the JSON it prints last.
 pub fn python_dspy(
     python: &Path,
     model: &Path,
+    base_url: Option<&str>,
     examples: usize,
     runs: usize,
     max_tokens: usize,
     concurrency: usize,
 ) -> anyhow::Result<Value> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/dspy_python.py");
-    let output = Command::new(python)
-        .arg(script)
+    let mut command = Command::new(python);
+    command.arg(script);
+    if let Some(base_url) = base_url {
+        command.args(["--base-url", base_url]);
+    }
+    let output = command
         .arg("--model")
         .arg(model)
         .args(["--examples", &examples.to_string()])

@@ -107,8 +107,12 @@ impl Closer {
             .filter(|tokens| matcher.validates(tokens))
             .min_by_key(Vec::len);
         match continuation {
-            // Nothing that closes the reply fits any more: it ends at the budget.
-            Some(tokens) if tokens.len() > left => None,
+            // What closes the value from here no longer fits (the model
+            // wrote a long token, or reached a closable point too late):
+            // the value is taken back to its start, whose shortest form fits.
+            Some(tokens) if tokens.len() > left => {
+                self.roll_back_and_close(matcher, reply, part, generated, max_tokens)
+            }
             Some(tokens) if tokens.len() + SLACK >= left => {
                 if matcher.accept_all(&tokens) {
                     reply.extend(tokens.iter().flat_map(|&t| matcher.token_bytes(t)));
@@ -123,6 +127,19 @@ impl Closer {
                 self.roll_back_and_close(matcher, reply, part, generated, max_tokens)
             }
             None => None,
+        }
+    }
+
+    /// Tokens of the shortest whole reply (`None` for a bare JSON value,
+    /// whose shortest form the grammar alone knows).
+    pub(super) fn shortest_reply_tokens(&self, matcher: &ConstraintMatcher) -> Option<usize> {
+        match &self.plan {
+            ClosingPlan::Fields(_) => Some(
+                matcher
+                    .tokenize(&self.continuations(&[], Part::Start).concat())
+                    .len(),
+            ),
+            ClosingPlan::Json { .. } => None,
         }
     }
 

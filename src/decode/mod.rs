@@ -65,6 +65,13 @@ impl Decoder {
         }
     }
 
+    /// Tokens of the shortest reply the constraint accepts, when the reply
+    /// is constrained and closing knows its shape.
+    pub(crate) fn shortest_reply_tokens(&self) -> Option<usize> {
+        let (closer, matcher) = (self.closer.as_ref()?, self.constraint.as_ref()?);
+        closer.shortest_reply_tokens(matcher)
+    }
+
     /// Whether the caller has stopped this reply (backends check it between
     /// steps that sample nothing, such as prefill chunks).
     pub(crate) fn is_cancelled(&self) -> bool {

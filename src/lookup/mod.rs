@@ -1,14 +1,17 @@
-//! Finding a model file from what a user calls it: a local path, a Hugging
+//! Finding a model file from what a user calls it: a local path, a short
+//! name of the catalog (`smollm2-135m`, fetched by `make models`), a Hugging
 //! Face repo and file in the Hugging Face cache on disk, or an Ollama model
-//! in Ollama's local store. Nothing is downloaded; when a model is not found,
-//! the error lists every place looked and how to get the file.
+//! in Ollama's local store. Nothing is downloaded here; when a model is not
+//! found, the error lists every place looked and how to get the file.
 
+mod catalog;
 mod huggingface;
 mod ollama;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub use catalog::{CATALOG, CatalogModel, catalog_model, models_cache_dir};
 pub use huggingface::hf_cache_dir;
 pub use ollama::ollama_models_dir;
 
@@ -28,6 +31,11 @@ pub enum ModelSource {
         /// Branch, tag or commit (`main` by default).
         revision: String,
     },
+    /// A model of the catalog, fetched by `make models` (`smollm2-135m`).
+    Catalog {
+        /// Its short name.
+        name: String,
+    },
     /// A model pulled by Ollama (`name[:tag]`, `namespace/name[:tag]`).
     Ollama {
         /// The model name as `ollama pull` takes it.
@@ -38,12 +46,18 @@ pub enum ModelSource {
 impl ModelSource {
     /// Reads a model name:
     /// - an existing file → that path;
+    /// - a catalog short name (`smollm2-135m`, `gemma3-270m`) → the catalog;
     /// - `hf:owner/repo:file.gguf`, or `owner/repo:file.gguf` → Hugging Face;
     /// - `ollama:name[:tag]`, or a bare `name[:tag]` that is not a path → Ollama;
     /// - anything else → a path (that lookup will report missing).
     pub fn parse(name: &str) -> Self {
         if Path::new(name).is_file() {
             return ModelSource::Path(name.into());
+        }
+        if let Some(model) = catalog_model(name) {
+            return ModelSource::Catalog {
+                name: model.name.into(),
+            };
         }
         if let Some(rest) = name.strip_prefix("ollama:") {
             return ModelSource::Ollama { name: rest.into() };
@@ -93,6 +107,7 @@ impl ModelSource {
                 file,
                 revision,
             } => huggingface::resolve(self, dirs.huggingface.as_deref(), repo, file, revision),
+            ModelSource::Catalog { name } => catalog::resolve(self, dirs.catalog.as_deref(), name),
             ModelSource::Ollama { name } => ollama::resolve(self, dirs.ollama.as_deref(), name),
         }
     }
@@ -105,15 +120,19 @@ pub struct LookupDirs {
     pub huggingface: Option<PathBuf>,
     /// Ollama's model store.
     pub ollama: Option<PathBuf>,
+    /// The catalog's models cache.
+    pub catalog: Option<PathBuf>,
 }
 
 impl LookupDirs {
     /// The standard folders: `HF_HUB_CACHE` / `HF_HOME/hub` /
-    /// `~/.cache/huggingface/hub`, and `OLLAMA_MODELS` / `~/.ollama/models`.
+    /// `~/.cache/huggingface/hub`, `OLLAMA_MODELS` / `~/.ollama/models`, and
+    /// `DSRS_MODELS` / `~/.cache/dsrs-local/models`.
     pub fn from_env() -> Self {
         LookupDirs {
             huggingface: hf_cache_dir(),
             ollama: ollama_models_dir(),
+            catalog: models_cache_dir(),
         }
     }
 }
@@ -132,6 +151,7 @@ impl fmt::Display for ModelSource {
                 file,
                 revision,
             } => write!(f, "{repo}@{revision}:{file}"),
+            ModelSource::Catalog { name } => write!(f, "{name}"),
             ModelSource::Ollama { name } => write!(f, "ollama:{name}"),
         }
     }

@@ -86,7 +86,7 @@ impl From<Error> for ApiError {
     fn from(error: Error) -> Self {
         let message = chain(&error);
         match error {
-            Error::PromptTooLong { .. } | Error::EmptyPrompt => {
+            Error::PromptTooLong { .. } | Error::EmptyPrompt | Error::BudgetTooSmall { .. } => {
                 ApiError::bad_request(message).with_param("messages")
             }
             Error::Constraint { .. } => {

@@ -14,7 +14,8 @@ use std::path::PathBuf;
 
 pub use mock::ScriptedBackend;
 pub use model_builder::{
-    BYTE_LEVEL_SPECIAL_TOKENS, TestArchitecture, TestModelSpec, TestTokenizer, WeightType,
+    BYTE_LEVEL_SPECIAL_TOKENS, TEST_SLIDING_WINDOW, TestArchitecture, TestModelSpec, TestTokenizer,
+    WeightType,
 };
 #[cfg(feature = "candle")]
 pub use tokenizer::GgufTokenizer;

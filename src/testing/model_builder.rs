@@ -38,7 +38,20 @@ pub enum TestArchitecture {
     Qwen2,
     /// Qwen3: llama plus RMS norms on queries and keys.
     Qwen3,
+    /// Gemma 2: norms after attention and the FFN, GELU, soft caps, every
+    /// other layer attending through a window of [`TEST_SLIDING_WINDOW`]
+    /// tokens; tied embeddings.
+    Gemma2,
+    /// Gemma 3: Gemma 2 with query/key norms, five local layers to one
+    /// global, two RoPE bases, no soft caps.
+    Gemma3,
+    /// Phi-3: fused QKV and gate|up projections.
+    Phi3,
 }
+
+/// The sliding window of test-built Gemma files: short, so a test prompt
+/// reaches past it.
+pub const TEST_SLIDING_WINDOW: usize = 16;
 
 impl TestArchitecture {
     /// The GGUF architecture name.
@@ -47,6 +60,9 @@ impl TestArchitecture {
             TestArchitecture::Llama => "llama",
             TestArchitecture::Qwen2 => "qwen2",
             TestArchitecture::Qwen3 => "qwen3",
+            TestArchitecture::Gemma2 => "gemma2",
+            TestArchitecture::Gemma3 => "gemma3",
+            TestArchitecture::Phi3 => "phi3",
         }
     }
 }
@@ -171,11 +187,15 @@ impl TestModelSpec {
         self
     }
 
-    /// Sets the family (and `general.architecture` to its name).
+    /// Sets the family (and `general.architecture` to its name). Gemma 2
+    /// files have no output matrix: the embedding is tied.
     #[must_use]
     pub fn with_family(mut self, family: TestArchitecture) -> Self {
         self.family = family;
         self.architecture = family.name().into();
+        if family == TestArchitecture::Gemma2 {
+            self.tied_embeddings = true;
+        }
         self
     }
 
@@ -207,6 +227,9 @@ impl TestModelSpec {
             return Err(fail(
                 &"heads must divide the width and be a multiple of kv_heads",
             ));
+        }
+        if self.family == TestArchitecture::Gemma2 && !self.tied_embeddings {
+            return Err(fail(&"gemma2 files tie the output to the embedding"));
         }
         let mut metadata = self.tokenizer_metadata().map_err(|e| fail(&e))?;
         let vocab = match metadata.get("tokenizer.ggml.tokens") {
@@ -246,12 +269,13 @@ impl TestModelSpec {
             tensors.push(norm(format!("blk.{layer}.ffn_norm.weight"), self.hidden));
             for (name, len) in self.extra_vectors() {
                 let name = format!("blk.{layer}.{name}");
-                tensors.push(if name.contains("norm") {
-                    norm(name, len)
-                } else {
-                    let values = random_values(&mut extra_rng, len, self.scale);
-                    TensorEntry::new(name, 1, &values, Encoding::F32)
-                });
+                let mut values = random_values(&mut extra_rng, len, self.scale);
+                // A family's own norms scale around 1, each a little
+                // differently, so reading the wrong one shows in the logits.
+                if name.contains("norm") {
+                    values.iter_mut().for_each(|v| *v = 1.0 + *v * 0.4);
+                }
+                tensors.push(TensorEntry::new(name, 1, &values, Encoding::F32));
             }
         }
         tensors.push(norm("output_norm.weight".into(), self.hidden));
@@ -267,6 +291,22 @@ impl TestModelSpec {
     pub fn hyperparameters(&self, vocab: usize) -> Vec<(String, Value)> {
         let head_dim = self.hidden / self.heads.max(1);
         let u32_of = |n: usize| Value::Uint(n as u64);
+        let family_keys: Vec<(&str, Value)> = match self.family {
+            TestArchitecture::Gemma2 => vec![
+                ("attention.sliding_window", u32_of(TEST_SLIDING_WINDOW)),
+                ("attn_logit_softcapping", Value::Float(50.0)),
+                ("final_logit_softcapping", Value::Float(30.0)),
+            ],
+            TestArchitecture::Gemma3 => vec![
+                ("attention.sliding_window", u32_of(TEST_SLIDING_WINDOW)),
+                ("rope.freq_base_swa", Value::Float(10_000.0)),
+            ],
+            _ => vec![],
+        };
+        let rope_base = match self.family {
+            TestArchitecture::Gemma3 => 1_000_000.0,
+            _ => 10_000.0,
+        };
         [
             (
                 "general.architecture",
@@ -285,11 +325,12 @@ impl TestModelSpec {
             ("attention.key_length", u32_of(head_dim)),
             ("attention.value_length", u32_of(head_dim)),
             ("rope.dimension_count", u32_of(head_dim)),
-            ("rope.freq_base", Value::Float(10_000.0)),
+            ("rope.freq_base", Value::Float(rope_base)),
             ("attention.layer_norm_rms_epsilon", Value::Float(1e-5)),
             ("vocab_size", u32_of(vocab)),
         ]
         .into_iter()
+        .chain(family_keys)
         .map(|(key, value)| {
             let key = if key.starts_with("general.") {
                 key.to_string()
@@ -307,8 +348,15 @@ impl TestModelSpec {
         let q = self.heads * head_dim;
         let kv = self.kv_heads * head_dim;
         let mut shapes = vec![("token_embd.weight".to_string(), vocab, self.hidden)];
-        for layer in 0..self.layers {
-            for (name, rows, cols) in [
+        let matrices = match self.family {
+            // Phi-3 fuses Q|K|V and gate|up into one matrix each.
+            TestArchitecture::Phi3 => vec![
+                ("attn_qkv", q + 2 * kv, self.hidden),
+                ("attn_output", self.hidden, q),
+                ("ffn_up", 2 * self.ffn, self.hidden),
+                ("ffn_down", self.hidden, self.ffn),
+            ],
+            _ => vec![
                 ("attn_q", q, self.hidden),
                 ("attn_k", kv, self.hidden),
                 ("attn_v", kv, self.hidden),
@@ -316,7 +364,10 @@ impl TestModelSpec {
                 ("ffn_gate", self.ffn, self.hidden),
                 ("ffn_up", self.ffn, self.hidden),
                 ("ffn_down", self.hidden, self.ffn),
-            ] {
+            ],
+        };
+        for layer in 0..self.layers {
+            for &(name, rows, cols) in &matrices {
                 shapes.push((format!("blk.{layer}.{name}.weight"), rows, cols));
             }
         }
@@ -330,7 +381,7 @@ impl TestModelSpec {
     fn extra_vectors(&self) -> Vec<(&'static str, usize)> {
         let head_dim = self.hidden / self.heads.max(1);
         match self.family {
-            TestArchitecture::Llama => vec![],
+            TestArchitecture::Llama | TestArchitecture::Phi3 => vec![],
             TestArchitecture::Qwen2 => vec![
                 ("attn_q.bias", self.heads * head_dim),
                 ("attn_k.bias", self.kv_heads * head_dim),
@@ -339,6 +390,16 @@ impl TestModelSpec {
             TestArchitecture::Qwen3 => vec![
                 ("attn_q_norm.weight", head_dim),
                 ("attn_k_norm.weight", head_dim),
+            ],
+            TestArchitecture::Gemma2 => vec![
+                ("post_attention_norm.weight", self.hidden),
+                ("post_ffw_norm.weight", self.hidden),
+            ],
+            TestArchitecture::Gemma3 => vec![
+                ("attn_q_norm.weight", head_dim),
+                ("attn_k_norm.weight", head_dim),
+                ("post_attention_norm.weight", self.hidden),
+                ("post_ffw_norm.weight", self.hidden),
             ],
         }
     }

@@ -299,6 +299,33 @@ pub async fn a_context_that_fills_while_generating_ends_with_length<H: Harness>(
     assert_eq!(generation.prompt_tokens + generation.completion_tokens, 257);
 }
 
+/// A budget below the shortest reply a signature accepts is refused before
+/// any token is generated, with both numbers; one token more than that
+/// shortest reply gives a reply that parses.
+pub async fn a_budget_below_the_shortest_reply_is_a_typed_error<H: Harness>() {
+    // No budget in the adapter's settings: the LM's applies.
+    let adapter = H::adapter(GenerationConfig::default().with_max_text_chars(60));
+    let lm = adapter.lm().await.unwrap().with_settings(0.0, 4);
+    let inputs = example! { "number": "input" => 21, "language": "input" => "English" };
+    let needed = match adapter.predict(&lm, &MultiField::new(), &inputs).await {
+        Err(Error::BudgetTooSmall { max_tokens, needed }) => {
+            assert_eq!(max_tokens, 4);
+            needed
+        }
+        other => panic!("expected BudgetTooSmall, got {other:?}"),
+    };
+    let lm = lm.with_settings(0.0, needed as u32 + 1);
+    let (data, generation) = adapter
+        .predict(&lm, &MultiField::new(), &inputs)
+        .await
+        .unwrap();
+    assert!(
+        data["doubled"].is_i64() && data["is_even"].is_boolean(),
+        "{data:?}"
+    );
+    assert!(generation.completion_tokens <= needed + 1);
+}
+
 fn raw_request(prompt: &str) -> GenerationRequest {
     GenerationRequest {
         prompt: prompt.into(),
@@ -528,6 +555,10 @@ macro_rules! conformance_suite {
             #[tokio::test(flavor = "multi_thread")]
             async fn a_context_that_fills_while_generating_ends_with_length() {
                 c::a_context_that_fills_while_generating_ends_with_length::<$harness>().await
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn a_budget_below_the_shortest_reply_is_a_typed_error() {
+                c::a_budget_below_the_shortest_reply_is_a_typed_error::<$harness>().await
             }
             #[tokio::test(flavor = "multi_thread")]
             async fn prefix_reuse_gives_the_same_replies_as_a_cold_cache() {

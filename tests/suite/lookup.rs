@@ -49,7 +49,7 @@ fn a_repo_file_is_found_in_the_hugging_face_cache() {
     write(&repo.join("snapshots/abc123/qwen.gguf"), "GGUF");
     let dirs = LookupDirs {
         huggingface: Some(cache.path().into()),
-        ollama: None,
+        ..LookupDirs::default()
     };
     let found = ModelSource::parse("Qwen/Qwen2.5-0.5B-Instruct-GGUF:qwen.gguf")
         .resolve_in(&dirs)
@@ -83,8 +83,8 @@ fn an_ollama_model_is_found_through_its_manifest() {
     );
     write(&store.path().join("blobs/sha256-222"), "GGUF");
     let dirs = LookupDirs {
-        huggingface: None,
         ollama: Some(store.path().into()),
+        ..LookupDirs::default()
     };
     let found = ModelSource::parse("qwen2.5:0.5b")
         .resolve_in(&dirs)
@@ -112,4 +112,38 @@ fn a_missing_path_says_where_it_looked_and_what_to_do() {
         message.contains("/nowhere/model.gguf") && message.contains("Hugging Face"),
         "{message}"
     );
+}
+
+#[test]
+fn catalog_models_are_found_by_short_name_in_the_models_cache() {
+    let cache = tempfile::tempdir().unwrap();
+    let dirs = LookupDirs {
+        catalog: Some(cache.path().into()),
+        ..LookupDirs::default()
+    };
+    let source = ModelSource::parse("smollm2-135m");
+    assert_eq!(
+        source,
+        ModelSource::Catalog {
+            name: "smollm2-135m".into()
+        }
+    );
+    let err = source.resolve_in(&dirs).unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("SmolLM2-135M-Instruct.Q4_1.gguf") && message.contains("make models"),
+        "{message}"
+    );
+    write(
+        &cache.path().join("SmolLM2-135M-Instruct.Q4_1.gguf"),
+        "GGUF",
+    );
+    assert_eq!(
+        source.resolve_in(&dirs).unwrap(),
+        cache.path().join("SmolLM2-135M-Instruct.Q4_1.gguf")
+    );
+    assert!(matches!(
+        ModelSource::parse("GEMMA3-270M"),
+        ModelSource::Catalog { .. }
+    ));
 }

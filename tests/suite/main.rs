@@ -29,3 +29,5 @@ mod prompt_parse;
 mod prompt_render;
 #[cfg(any(feature = "llamacpp", feature = "candle"))]
 mod python_clients;
+#[cfg(any(feature = "llamacpp", feature = "candle"))]
+mod real_models;

@@ -89,3 +89,25 @@ fn models_without_a_template_get_chatml() {
         "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n<|im_start|>assistant\n"
     );
 }
+
+/// A gemma file without a template gets Gemma's turns, as llama.cpp's
+/// template detection gives it: `user`/`model` roles, the system message at
+/// the top of the first user turn, the BOS printed once.
+#[test]
+fn gemma_models_without_a_template_get_gemma_turns() {
+    for architecture in ["gemma", "gemma2", "gemma3"] {
+        let template = ChatTemplate::for_model(None, architecture, "<bos>", "<eos>").unwrap();
+        assert!(template.is_fallback());
+        assert_eq!(
+            template.render(&conversation()).unwrap(),
+            "<bos><start_of_turn>user\nS\n\nU1<end_of_turn>\n\
+             <start_of_turn>model\nA1<end_of_turn>\n\
+             <start_of_turn>user\nU2<end_of_turn>\n\
+             <start_of_turn>model\n",
+            "{architecture}"
+        );
+    }
+    // A template in the file wins over the architecture's.
+    let own = ChatTemplate::for_model(Some("{{ 'X' }}"), "gemma3", "<bos>", "<eos>").unwrap();
+    assert_eq!(own.render(&conversation()).unwrap(), "X");
+}

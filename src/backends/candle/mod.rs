@@ -2,8 +2,8 @@
 //!
 //! # Contract
 //!
-//! - **Models**: GGUF files of the `llama` (also Mistral, SmolLM), `qwen2` and
-//!   `qwen3` architectures, any quant type candle reads (F32, F16, BF16,
+//! - **Models**: GGUF files of the `llama` (also Mistral, SmolLM), `qwen2`,
+//!   `qwen3`, `gemma2`, `gemma3` and `phi3` architectures, any quant type candle reads (F32, F16, BF16,
 //!   Q4_0…Q8_1, K-quants; no i-quants). Another architecture is
 //!   [`Error::UnsupportedArchitecture`](crate::Error::UnsupportedArchitecture)
 //!   naming it; missing, foreign and truncated files are typed errors too.
@@ -32,6 +32,8 @@
 //!   one batch.
 
 mod engine;
+mod family;
+mod layers;
 mod model;
 #[cfg_attr(
     any(feature = "cuda", feature = "cuda-shared"),
@@ -48,9 +50,8 @@ mod transformer;
 use std::sync::Arc;
 
 pub use engine::{CandleBackend, CandleConfig, CandleSettings};
-pub use model::{
-    CandleDevice, CandleLoad, CandleLoadOptions, CandleModel, SUPPORTED_ARCHITECTURES,
-};
+pub use family::SUPPORTED_ARCHITECTURES;
+pub use model::{CandleDevice, CandleLoad, CandleLoadOptions, CandleModel};
 
 use crate::LocalAdapter;
 

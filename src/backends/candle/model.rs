@@ -9,8 +9,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use candle_core::Device;
 use candle_core::quantized::{GgmlDType, gguf_file};
 
+use super::family::{Family, SUPPORTED_ARCHITECTURES};
 use super::tokenizer::GgufTokenizer;
-use super::transformer::{Family, Transformer};
+use super::transformer::Transformer;
 use crate::backend::{LoadModel, LocalModel, Placement};
 use crate::backends::common::LoadOptions;
 use crate::error::cause;
@@ -20,9 +21,6 @@ use crate::model_card::{ModelCard, TokenTexts};
 use crate::{Error, Result};
 
 pub(super) const BACKEND: &str = "candle";
-
-/// The architectures this backend runs (Mistral and SmolLM files say `llama`).
-pub const SUPPORTED_ARCHITECTURES: [&str; 3] = ["llama", "qwen2", "qwen3"];
 
 /// Positions assumed for a file that names no trained context.
 const POSITIONS_WITHOUT_TRAINED_CONTEXT: usize = 4096;

@@ -172,9 +172,11 @@ impl GgufTokenizer {
             .unwrap_or(matches!(kind, Kind::SentencePiece { .. }));
         let end_of_generation = end_of_generation_tokens(
             &tokens,
-            &types,
-            token_id("tokenizer.ggml.eos_token_id"),
-            token_id("tokenizer.ggml.eot_token_id"),
+            [
+                token_id("tokenizer.ggml.eos_token_id"),
+                token_id("tokenizer.ggml.eot_token_id"),
+                token_id("tokenizer.ggml.eom_token_id"),
+            ],
         );
 
         let mut tokenizer = GgufTokenizer {
@@ -509,35 +511,55 @@ fn parse_byte_token(text: &str) -> Option<u8> {
     u8::from_str_radix(hex, 16).ok()
 }
 
-/// End-of-generation tokens: EOS, EOT, and the end-of-turn markers llama.cpp
-/// also recognises by their text.
-fn end_of_generation_tokens(
-    tokens: &[String],
-    types: &[u64],
-    eos: Option<u32>,
-    eot: Option<u32>,
-) -> Vec<u32> {
-    const END_TEXTS: [&str; 8] = [
+/// End-of-generation tokens as llama.cpp's vocabulary loader lists them:
+/// EOS, EOT and EOM by id, the fill-in-the-middle pad/repo/separator tokens,
+/// and the end-of-turn markers it recognises by their text (whatever their
+/// token type: llama.cpp makes them control tokens).
+fn end_of_generation_tokens(tokens: &[String], ids: [Option<u32>; 3]) -> Vec<u32> {
+    const END_TEXTS: [&str; 33] = [
+        // FIM pad, repo and file-separator tokens.
+        "<|fim_pad|>",
+        "<fim-pad>",
+        "<fim_pad>",
+        "<PAD>",
+        "[PAD]",
+        "<|fim_repo|>",
+        "<|repo_name|>",
+        "<fim-repo>",
+        "<REPO>",
+        "<reponame>",
+        "<|file_sep|>",
+        // End-of-turn markers.
         "<|eot_id|>",
         "<|im_end|>",
         "<|end|>",
+        "<|return|>",
+        "<|call|>",
+        "<|flush|>",
+        "<|calls|>",
         "<end_of_turn>",
         "<|endoftext|>",
-        "<|EOT|>",
+        "</s>",
+        "<|eom_id|>",
+        "<EOT>",
+        "_<EOT>",
+        "[EOT]",
+        "[EOS]",
         "<|end_of_text|>",
+        "<end_of_utterance>",
+        "<eos>",
+        "<turn|>",
+        "<|tool_response>",
         "<｜end▁of▁sentence｜>",
+        "[e~[",
     ];
-    let mut ids: Vec<u32> = eos.into_iter().chain(eot).collect();
+    let mut found: Vec<u32> = ids.into_iter().flatten().collect();
     for (id, text) in tokens.iter().enumerate() {
-        let special = matches!(
-            types.get(id).copied(),
-            Some(TOKEN_TYPE_CONTROL | TOKEN_TYPE_USER_DEFINED)
-        );
-        if special && END_TEXTS.contains(&text.as_str()) && !ids.contains(&(id as u32)) {
-            ids.push(id as u32);
+        if END_TEXTS.contains(&text.as_str()) && !found.contains(&(id as u32)) {
+            found.push(id as u32);
         }
     }
-    ids
+    found
 }
 
 /// The pre-tokenizer regexes llama.cpp uses for each `tokenizer.ggml.pre`.

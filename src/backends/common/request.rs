@@ -35,6 +35,15 @@ pub(crate) fn prepare(
         None => None,
     };
     let decoder = Decoder::new(request, matcher, card.end_of_generation().to_vec());
+    // A budget the shortest valid reply does not fit would end unparsed.
+    if let Some(needed) = decoder.shortest_reply_tokens()
+        && needed > request.max_tokens
+    {
+        return Err(Error::BudgetTooSmall {
+            max_tokens: request.max_tokens,
+            needed,
+        });
+    }
     Ok(Prepared { prompt, decoder })
 }
 
