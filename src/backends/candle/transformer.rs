@@ -9,8 +9,8 @@
 //! system message and demos). The token embedding also stays quantized
 //! (candle's models dequantize it to F32, 4 bytes a weight), RoPE is
 //! computed per call (no family is capped at precomputed positions), and
-//! Gemma is computed as llama.cpp computes it (GELU, not candle's SiLU; the
-//! sliding window in decode too; chunked prefill).
+//! each family is computed as llama.cpp computes it (Gemma's sliding window
+//! masks prefill and decode alike).
 
 use std::io::{Read, Seek};
 use std::sync::Arc;
