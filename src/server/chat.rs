@@ -84,20 +84,11 @@ async fn whole(
             .map(|request| engine.generate(request)),
     )
     .await;
-    let mut usage: Option<Usage> = None;
+    let generations = generations.into_iter().collect::<crate::Result<Vec<_>>>()?;
+    let usage = shared_prompt_usage(&generations);
     let mut choices = Vec::new();
     for (index, generation) in generations.into_iter().enumerate() {
-        let generation = generation?;
         state.metrics.generation(&generation, started, None);
-        let this = usage_of(&generation);
-        // The prompt is counted once, however many choices share it.
-        match &mut usage {
-            None => usage = Some(this),
-            Some(total) => {
-                total.completion_tokens += this.completion_tokens;
-                total.total_tokens += this.completion_tokens;
-            }
-        }
         choices.push(json!({
             "index": index,
             "message": {"role": "assistant", "content": generation.text},
@@ -117,12 +108,19 @@ async fn whole(
     .into_response())
 }
 
-pub(super) fn usage_of(generation: &Generation) -> Usage {
-    Usage::new(
-        generation.prompt_tokens,
-        generation.completion_tokens,
-        generation.cached_prompt_tokens,
-    )
+/// The usage of choices that share one prompt: the prompt counted once,
+/// every choice's completion.
+pub(super) fn shared_prompt_usage(choices: &[Generation]) -> Option<Usage> {
+    let (first, rest) = choices.split_first()?;
+    let mut usage = Usage::new(
+        first.prompt_tokens,
+        first.completion_tokens,
+        first.cached_prompt_tokens,
+    );
+    for choice in rest {
+        usage.add(Usage::new(0, choice.completion_tokens, 0));
+    }
+    Some(usage)
 }
 
 /// The choices as server-sent events: a role delta, text deltas as they are
@@ -145,18 +143,12 @@ fn stream(state: AppState, engine: SharedEngine, planned: Planned, started: Inst
             .map(|(index, request)| {
                 stream_choice(&state, &engine, &chunk, index, request, started)
             });
-        let finished = futures_util::future::join_all(runs).await;
-        let mut usage: Option<Usage> = None;
-        for generation in finished.into_iter().flatten() {
-            let this = usage_of(&generation);
-            match &mut usage {
-                None => usage = Some(this),
-                Some(total) => {
-                    total.completion_tokens += this.completion_tokens;
-                    total.total_tokens += this.completion_tokens;
-                }
-            }
-        }
+        let finished: Vec<Generation> = futures_util::future::join_all(runs)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        let usage = shared_prompt_usage(&finished);
         if planned.include_usage {
             chunk.send(json!([]), usage).await;
         }

@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::chat::{finish_reason, response_id, usage_of};
+use super::chat::{finish_reason, response_id, shared_prompt_usage};
 use super::errors::ApiError;
 use super::request::{ApiJson, plan};
 use super::wire::{CompletionRequest, Prompt, Usage};
@@ -56,18 +56,18 @@ async fn respond(
         requests.into_iter().map(|request| engine.generate(request)),
     )
     .await;
+    let generations = generations.into_iter().collect::<crate::Result<Vec<_>>>()?;
     // Each prompt is counted once, however many choices share it.
     let per_prompt = body.sampling.n.unwrap_or(1).max(1) as usize;
     let mut usage = Usage::new(0, 0, 0);
+    for prompt_choices in generations.chunks(per_prompt) {
+        if let Some(this) = shared_prompt_usage(prompt_choices) {
+            usage.add(this);
+        }
+    }
     let mut choices = Vec::new();
     for (index, generation) in generations.into_iter().enumerate() {
-        let generation = generation?;
         state.metrics.generation(&generation, started, None);
-        let mut this = usage_of(&generation);
-        if index % per_prompt != 0 {
-            this = Usage::new(0, this.completion_tokens, 0);
-        }
-        usage.add(this);
         choices.push(json!({
             "index": index,
             "text": generation.text,

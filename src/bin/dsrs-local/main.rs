@@ -127,29 +127,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let generation = dsrs_local::GenerationConfig::default()
         .with_max_tokens(args.max_tokens)
         .with_max_concurrency(args.parallel.max(1) * 4);
+    let settings = Settings {
+        pool: &pool,
+        spec,
+        address,
+        options,
+        generation,
+        parallel: args.parallel,
+    };
     match args.backend {
-        BackendChoice::Llamacpp => {
-            let config = Settings {
-                pool: &pool,
-                spec,
-                address,
-                options,
-                generation,
-                parallel: args.parallel,
-            };
-            llama_cpp::serve(config).await
-        }
-        BackendChoice::Candle => {
-            let config = Settings {
-                pool: &pool,
-                spec,
-                address,
-                options,
-                generation,
-                parallel: args.parallel,
-            };
-            candle::serve(config).await
-        }
+        BackendChoice::Llamacpp => llama_cpp::serve(settings).await,
+        BackendChoice::Candle => candle::serve(settings).await,
     }
 }
 
