@@ -204,6 +204,24 @@ pub enum Error {
     /// The model's reply could not be parsed into the signature's output fields.
     #[error(transparent)]
     Parse(#[from] ParseError),
+    /// The model opened a tool call it did not write whole (possible only
+    /// without the output constraint).
+    #[error("the model wrote a tool call that cannot be read: {reason}")]
+    MalformedToolCall {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The model went on calling tools past the `LM`'s `max_tool_iterations`.
+    #[error(
+        "the model was still calling tools after {limit} rounds (max_tool_iterations); \
+         its last call: {last_call}"
+    )]
+    ToolLoopLimit {
+        /// The limit.
+        limit: u32,
+        /// The last call, as the model wrote it.
+        last_call: String,
+    },
     /// The backend's worker thread is gone, so it cannot take requests.
     #[error("the {backend} worker thread has stopped")]
     WorkerStopped {

@@ -33,8 +33,10 @@
 //! ```
 //!
 //! How the crate is cut:
-//! - [`prompt`]: the DSPy protocol (format, render, parse, output grammar), no backend;
-//! - [`LocalAdapter`]: the one dspy-rs `Adapter`, generic over a [`Backend`];
+//! - [`prompt`]: the DSPy protocol (format, render, parse, output grammar) and
+//!   tools (definitions, each model family's call format), no backend;
+//! - [`LocalAdapter`]: the one dspy-rs `Adapter`, generic over a [`Backend`],
+//!   with the tool loop for predictors given tools;
 //! - `decode`: sampling and stopping, shared by every backend (internal);
 //! - [`backends`]: the engines (`llama_cpp`, `candle`), one per feature, over
 //!   what they share (`common`);

@@ -10,7 +10,10 @@
 //! - inside a typed (JSON) value, what closes it (a quote, brackets), or —
 //!   when no such text completes it — the value is taken back to its start
 //!   (the grammar engine rolls back) and replaced by its shortest value;
-//! - for a bare JSON reply (`response_format`), the same for the one value.
+//! - for a bare JSON reply (`response_format`), the same for the one value;
+//! - inside a tool call, what closes its JSON object and the call's closing
+//!   text — or, when nothing does, the call is taken back and the shortest
+//!   answer (or, when a call is required, the shortest call) written instead.
 //!
 //! Every closing text is checked against the grammar before it is taken, so
 //! the closed reply is one the grammar accepts; the reply then ends with
@@ -20,7 +23,7 @@
 //! Whether the shortest values fit is checked when each value starts: a value
 //! the budget could not close is not begun — it is written shortest at once.
 
-use crate::prompt::{ClosingPlan, ConstraintMatcher};
+use crate::prompt::{ClosingPlan, ConstraintMatcher, ToolClosing};
 
 /// Tokens of slack kept beyond what the closing text needs.
 const SLACK: usize = 1;
@@ -32,12 +35,15 @@ enum Part {
     Start,
     /// Inside field `index`'s value, which starts at byte `value_start`.
     Field { index: usize, value_start: usize },
+    /// Inside a tool call, whose JSON object starts at byte `value_start`.
+    ToolCall { value_start: usize },
 }
 
 /// The closing state of one reply.
 #[derive(Debug)]
 pub(super) struct Closer {
     plan: ClosingPlan,
+    tool: Option<ToolClosing>,
     /// Reply bytes after each token: `boundaries[k]` after `k` tokens.
     boundaries: Vec<usize>,
     /// The last field whose start was checked for room.
@@ -47,13 +53,14 @@ pub(super) struct Closer {
 }
 
 impl Closer {
-    pub(super) fn new(plan: ClosingPlan) -> Self {
+    pub(super) fn new(plan: ClosingPlan, tool: Option<ToolClosing>) -> Self {
         let fields = match &plan {
             ClosingPlan::Fields(fields) => fields.len(),
-            ClosingPlan::Json { .. } => 1,
+            ClosingPlan::Json { .. } | ClosingPlan::Free => 1,
         };
         Closer {
             plan,
+            tool,
             boundaries: vec![0],
             checked: None,
             tail_tokens: vec![None; fields],
@@ -88,10 +95,16 @@ impl Closer {
                 return self.roll_back_and_close(matcher, reply, part, generated, max_tokens);
             }
         }
+        if matches!(part, Part::ToolCall { .. }) {
+            return self.close_call_if_due(matcher, reply, part, generated, max_tokens);
+        }
+        if matches!(self.plan, ClosingPlan::Free) {
+            return None;
+        }
         // Far from the end: nothing to do (checked cheaply, per field).
         let index = match part {
             Part::Field { index, .. } => index,
-            Part::Start => 0,
+            Part::Start | Part::ToolCall { .. } => 0,
         };
         let tail = self.tail_tokens(matcher, index);
         if left > tail + 2 * SLACK + 8 {
@@ -130,17 +143,66 @@ impl Closer {
         }
     }
 
-    /// Tokens of the shortest whole reply (`None` for a bare JSON value,
-    /// whose shortest form the grammar alone knows).
-    pub(super) fn shortest_reply_tokens(&self, matcher: &ConstraintMatcher) -> Option<usize> {
-        match &self.plan {
-            ClosingPlan::Fields(_) => Some(
-                matcher
-                    .tokenize(&self.continuations(&[], Part::Start).concat())
-                    .len(),
-            ),
-            ClosingPlan::Json { .. } => None,
+    /// Inside a tool call: near the budget's end, what closes its object
+    /// and the call; when nothing does, the call taken back for the
+    /// shortest answer (or call).
+    fn close_call_if_due(
+        &mut self,
+        matcher: &mut ConstraintMatcher,
+        reply: &mut Vec<u8>,
+        part: Part,
+        generated: usize,
+        max_tokens: usize,
+    ) -> Option<usize> {
+        let left = max_tokens.saturating_sub(generated);
+        let tool = self.tool.as_ref()?;
+        let closing_tokens = matcher.tokenize(&tool.closing).len();
+        if left > closing_tokens + 2 * SLACK + 8 {
+            return None;
         }
+        let Part::ToolCall { value_start } = part else {
+            return None;
+        };
+        let value = String::from_utf8_lossy(&reply[value_start.min(reply.len())..]);
+        let continuation = json_completion(&value)
+            .map(|close| matcher.tokenize(&format!("{close}{}", tool.closing)))
+            .filter(|tokens| matcher.validates(tokens));
+        match continuation {
+            Some(tokens) if tokens.len() + SLACK >= left && tokens.len() <= left => {
+                if matcher.accept_all(&tokens) {
+                    reply.extend(tokens.iter().flat_map(|&t| matcher.token_bytes(t)));
+                    return Some(generated + tokens.len());
+                }
+                self.roll_back_and_close(matcher, reply, part, generated, max_tokens)
+            }
+            Some(tokens) if tokens.len() > left => {
+                self.roll_back_and_close(matcher, reply, part, generated, max_tokens)
+            }
+            Some(_) => None,
+            None if left <= SLACK => {
+                self.roll_back_and_close(matcher, reply, part, generated, max_tokens)
+            }
+            None => None,
+        }
+    }
+
+    /// The shortest whole reply: the fields' shortest answer, or, when only
+    /// a call may stand, the shortest call; `None` for a bare JSON value or
+    /// free text, whose shortest form the grammar alone knows.
+    fn shortest_whole(&self) -> Option<String> {
+        let answer_allowed = self.tool.as_ref().is_none_or(|t| t.answer_allowed);
+        match (&self.plan, answer_allowed) {
+            (ClosingPlan::Fields(_), true) => Some(self.continuations(&[], Part::Start).concat()),
+            (_, false) => self.tool.as_ref().and_then(|t| t.minimal.clone()),
+            (ClosingPlan::Json { .. } | ClosingPlan::Free, true) => None,
+        }
+    }
+
+    /// Tokens of the shortest whole reply (`None` when only the grammar
+    /// knows it).
+    pub(super) fn shortest_reply_tokens(&self, matcher: &ConstraintMatcher) -> Option<usize> {
+        self.shortest_whole()
+            .map(|text| matcher.tokenize(&text).len())
     }
 
     /// How much of `reply` may be streamed: not a typed value still being
@@ -153,14 +215,31 @@ impl Closer {
                 value_start
             }
             (Part::Field { value_start, .. }, ClosingPlan::Json { .. }) => value_start,
+            // A call is shown whole or not at all.
+            (Part::ToolCall { .. }, _) => 0,
             _ => reply.len(),
         }
     }
 
-    /// Where generation is: the last field whose opening the reply holds.
+    /// Where generation is: in a tool call, or the last field whose
+    /// opening the reply holds.
     fn part(&self, reply: &[u8]) -> Part {
+        if let Some(tool) = &self.tool {
+            let opening = tool.opening.as_bytes();
+            let in_call = if opening.is_empty() {
+                // A bare JSON call: no answer of a DSPy reply starts with `{`.
+                !matches!(self.plan, ClosingPlan::Json { .. }) && reply.first() == Some(&b'{')
+            } else {
+                reply.starts_with(opening)
+            };
+            if in_call {
+                return Part::ToolCall {
+                    value_start: opening.len(),
+                };
+            }
+        }
         match &self.plan {
-            ClosingPlan::Json { .. } => Part::Field {
+            ClosingPlan::Json { .. } | ClosingPlan::Free => Part::Field {
                 index: 0,
                 value_start: 0,
             },
@@ -191,6 +270,7 @@ impl Closer {
                 format!("{minimal}{}", self.plan.rest_after(index))
             }
             ClosingPlan::Json { minimal } => minimal.clone().unwrap_or_default(),
+            ClosingPlan::Free => String::new(),
         }
     }
 
@@ -240,6 +320,7 @@ impl Closer {
                 let value = String::from_utf8_lossy(reply);
                 json_completion(&value).into_iter().collect()
             }
+            (ClosingPlan::Free, _) | (_, Part::ToolCall { .. }) => Vec::new(),
         }
     }
 
@@ -256,7 +337,7 @@ impl Closer {
     ) -> Option<usize> {
         let (value_start, text) = match part {
             Part::Field { index, value_start } => (value_start, self.shortest_from(index)),
-            Part::Start => (0, self.continuations(&[], Part::Start).concat()),
+            Part::Start | Part::ToolCall { .. } => (0, self.shortest_whole()?),
         };
         let keep = self.tokens_at(value_start);
         let boundary = self.boundaries.get(keep).copied().unwrap_or(0);

@@ -61,7 +61,7 @@ impl Decoder {
             closer: request
                 .constraint
                 .as_ref()
-                .map(|c| Closer::new(c.closing().clone())),
+                .map(|c| Closer::new(c.closing().clone(), c.tool_closing().cloned())),
         }
     }
 

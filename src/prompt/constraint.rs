@@ -22,6 +22,7 @@ use llguidance::{Matcher, ParserFactory};
 use serde_json::{Value, json};
 
 use super::fields::{SignatureFields, ValueKind};
+use super::tools::{ToolChoice, ToolFormat, ToolSpec};
 use crate::error::message_cause;
 use crate::{Error, Result};
 
@@ -43,6 +44,21 @@ pub fn field_marker(name: &str) -> String {
 pub struct OutputConstraint {
     lark: String,
     closing: ClosingPlan,
+    /// When the reply may (or must) be a tool call instead.
+    tool_call: Option<ToolClosing>,
+}
+
+/// A tool call as the closing sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ToolClosing {
+    /// Text before the call's JSON object (empty for a bare object).
+    pub(crate) opening: String,
+    /// Text after it.
+    pub(crate) closing: String,
+    /// The shortest whole call (of the first tool), when one can be named.
+    pub(crate) minimal: Option<String>,
+    /// Whether an answer may stand instead of the call.
+    pub(crate) answer_allowed: bool,
 }
 
 /// How a reply under a constraint can be brought to its end when the token
@@ -57,6 +73,8 @@ pub(crate) enum ClosingPlan {
         /// The shortest value the schema allows, if one could be found.
         minimal: Option<String>,
     },
+    /// Free text: nothing to close.
+    Free,
 }
 
 /// One field of a DSPy reply, as the closing sees it.
@@ -86,7 +104,7 @@ impl ClosingPlan {
                 }
                 rest
             }
-            ClosingPlan::Json { .. } => String::new(),
+            ClosingPlan::Json { .. } | ClosingPlan::Free => String::new(),
         }
     }
 }
@@ -147,7 +165,93 @@ impl OutputConstraint {
         OutputConstraint {
             lark,
             closing: ClosingPlan::Fields(closing),
+            tool_call: None,
         }
+    }
+
+    /// Any text (bounded only by the token budget): the reply a plain chat
+    /// gets, so that a tool call can be offered beside it.
+    pub fn free_text() -> Self {
+        OutputConstraint {
+            lark: "start: /(.|\\n)+/\n".to_string(),
+            closing: ClosingPlan::Free,
+            tool_call: None,
+        }
+    }
+
+    /// This reply, or one call of a tool in `format` instead: a known
+    /// tool's name and arguments valid for its schema (strings and lists
+    /// bounded as in a reply). `Required` and `Named` leave the call
+    /// only; `None` leaves the reply only. A named tool that is not among
+    /// `tools` is an error.
+    pub fn with_tool_calls(
+        self,
+        tools: &[ToolSpec],
+        format: ToolFormat,
+        choice: &ToolChoice,
+        max_text_chars: usize,
+    ) -> Result<Self> {
+        let callable: Vec<&ToolSpec> = match choice {
+            ToolChoice::None => return Ok(self),
+            ToolChoice::Auto | ToolChoice::Required => tools.iter().collect(),
+            ToolChoice::Named(name) => tools.iter().filter(|t| &t.name == name).collect(),
+        };
+        if callable.is_empty() {
+            return match choice {
+                ToolChoice::Named(name) => Err(Error::InvalidConfig {
+                    reason: format!("`tool_choice` names `{name}`, which is not among the tools"),
+                }),
+                ToolChoice::Required => Err(Error::InvalidConfig {
+                    reason: "`tool_choice` requires a call but no tool is given".into(),
+                }),
+                _ => Ok(self),
+            };
+        }
+        let call_schemas: Vec<Value> = callable
+            .iter()
+            .map(|tool| call_schema(tool, format, max_text_chars))
+            .collect();
+        let mut schema = json!({"oneOf": call_schemas});
+        if let Value::Object(map) = &mut schema {
+            map.insert("x-guidance".into(), python_json_options());
+        }
+        let call_rule = format!(
+            "tool_call: {} %json {schema} {}",
+            lark_string(format.opening()),
+            lark_string(format.closing())
+        );
+        let minimal = call_schemas.first().and_then(minimal_json).map(|call| {
+            format!(
+                "{}{}{}",
+                format.opening(),
+                super::json_text::python_json(&call, None),
+                format.closing()
+            )
+        });
+        let answer_allowed = matches!(choice, ToolChoice::Auto);
+        let lark = if answer_allowed {
+            format!(
+                "start: reply | tool_call\nreply{}{call_rule}\n",
+                self.lark.strip_prefix("start").unwrap_or(&self.lark)
+            )
+        } else {
+            format!("start: tool_call\n{call_rule}\n")
+        };
+        Ok(OutputConstraint {
+            lark,
+            closing: self.closing,
+            tool_call: Some(ToolClosing {
+                opening: format.opening().to_string(),
+                closing: format.closing().to_string(),
+                minimal,
+                answer_allowed,
+            }),
+        })
+    }
+
+    /// How a tool call in the reply is closed, when one may be made.
+    pub(crate) fn tool_closing(&self) -> Option<&ToolClosing> {
+        self.tool_call.as_ref()
     }
 
     /// A grammar for a reply that is one JSON value following `schema` (an
@@ -164,6 +268,7 @@ impl OutputConstraint {
             closing: ClosingPlan::Json {
                 minimal: minimal_json(&schema).map(|v| v.to_string()),
             },
+            tool_call: None,
         }
     }
 
@@ -298,6 +403,52 @@ fn lark_string(text: &str) -> String {
     Value::String(text.to_string()).to_string()
 }
 
+/// The schema of one call of `tool`: its name, then its arguments.
+fn call_schema(tool: &ToolSpec, format: ToolFormat, max_text_chars: usize) -> Value {
+    let mut arguments = match &tool.parameters {
+        Value::Object(map) if !map.is_empty() => tool.parameters.clone(),
+        // No schema: an object with no arguments.
+        _ => json!({"type": "object", "properties": {}}),
+    };
+    bound_lengths(&mut arguments, max_text_chars, false);
+    close_objects(&mut arguments);
+    json!({
+        "type": "object",
+        "properties": {
+            "name": {"const": tool.name},
+            format.arguments_key(): arguments,
+        },
+        "required": ["name", format.arguments_key()],
+        "additionalProperties": false,
+    })
+}
+
+/// Objects get no properties beyond those named (unless the schema says
+/// otherwise), so a call ends with what the tool takes.
+fn close_objects(schema: &mut Value) {
+    match schema {
+        Value::Object(map) => {
+            if map.contains_key("properties") {
+                map.entry("additionalProperties")
+                    .or_insert(Value::Bool(false));
+            }
+            for (key, value) in map.iter_mut() {
+                if key != "const" && key != "enum" && key != "default" && key != "examples" {
+                    close_objects(value);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(close_objects),
+        _ => {}
+    }
+}
+
+/// llguidance's options for JSON written as Python writes it (`", "`,
+/// `": "`), which is how chat templates render calls back.
+fn python_json_options() -> Value {
+    json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "})
+}
+
 /// llguidance's options for JSON with no optional white space.
 fn compact_json_options() -> Value {
     json!({"whitespace_flexible": false, "item_separator": ",", "key_separator": ":"})
@@ -328,6 +479,12 @@ fn bound_lengths(schema: &mut Value, max_text_chars: usize, forbid_markers: bool
                         .or_insert_with(|| json!(-999_999_999_999_999_999i64));
                     map.entry("maximum")
                         .or_insert_with(|| json!(999_999_999_999_999_999i64));
+                }
+                // A range keeps exponents small enough for an f64 (JSON's
+                // grammar alone allows `1e99999`, which no parser reads).
+                Some("number") => {
+                    map.entry("minimum").or_insert_with(|| json!(-1e15));
+                    map.entry("maximum").or_insert_with(|| json!(1e15));
                 }
                 _ => {}
             }

@@ -1,6 +1,8 @@
 //! `POST /v1/chat/completions`: the conversation through the model's chat
 //! template, `n` choices decoded side by side (sharing the prompt's KV cache
-//! where the engine does), whole or as server-sent events.
+//! where the engine does), whole or as server-sent events. A reply that
+//! calls a tool comes back as `tool_calls` (finish reason `tool_calls`); a
+//! stream holds back text that may be a call until it knows.
 
 use std::convert::Infallible;
 use std::time::Instant;
@@ -14,10 +16,11 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::engine::SharedEngine;
 use super::errors::ApiError;
-use super::request::{ApiJson, Planned, chat_constraint, plan, render_chat};
+use super::request::{ApiJson, Planned, chat_constraint, chat_tools, plan, render_chat};
 use super::wire::{ChatRequest, Usage};
 use super::{AppState, unix_seconds};
 use crate::backend::{FinishReason, Generation, GenerationControl, GenerationRequest};
+use crate::prompt::{ToolCall, ToolChoice, ToolFormat};
 
 /// OpenAI's name for why a reply ended.
 pub(super) fn finish_reason(reason: FinishReason) -> &'static str {
@@ -52,22 +55,45 @@ async fn respond(
 ) -> Result<Response, ApiError> {
     state.check_model(body.model.as_deref())?;
     let engine = state.engine()?;
-    if body.tools.as_ref().is_some_and(|t| !t.is_empty()) {
-        return Err(ApiError::bad_request("`tools` are not supported yet").with_param("tools"));
-    }
-    let prompt = render_chat(state, engine.as_ref(), &body.messages)?;
+    let (tools, choice) = chat_tools(&body)?;
+    let prompt = render_chat(state, engine.as_ref(), &body.messages, &tools)?;
     let constraint = chat_constraint(
         state,
         engine.as_ref(),
         &body.messages,
         body.response_format.as_ref(),
+        (&tools, &choice),
     )?;
+    // How calls are read back from a reply, when one may make them.
+    let calls = (!tools.is_empty() && choice != ToolChoice::None)
+        .then(|| engine.template().tool_support().format);
     let planned = plan(state, engine.as_ref(), prompt, body.sampling, constraint)?;
     if planned.stream {
-        Ok(stream(state.clone(), engine, planned, started))
+        Ok(stream(state.clone(), engine, planned, calls, started))
     } else {
-        whole(state, &engine, planned, started).await
+        whole(state, &engine, planned, calls, started).await
     }
+}
+
+/// The calls a reply makes, when tools may be called and it makes any.
+fn reply_calls(text: &str, calls: Option<ToolFormat>) -> Option<Vec<ToolCall>> {
+    calls?.parse_calls(text).ok().filter(|c| !c.is_empty())
+}
+
+/// Calls as OpenAI writes them (`arguments` a JSON-encoded string).
+fn wire_calls(calls: &[ToolCall]) -> Value {
+    calls
+        .iter()
+        .enumerate()
+        .map(|(index, call)| {
+            json!({
+                "index": index,
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments.to_string()},
+            })
+        })
+        .collect()
 }
 
 /// All choices at once, in one JSON body.
@@ -75,6 +101,7 @@ async fn whole(
     state: &AppState,
     engine: &SharedEngine,
     planned: Planned,
+    calls: Option<ToolFormat>,
     started: Instant,
 ) -> Result<Response, ApiError> {
     let generations = futures_util::future::join_all(
@@ -89,11 +116,21 @@ async fn whole(
     let mut choices = Vec::new();
     for (index, generation) in generations.into_iter().enumerate() {
         state.metrics.generation(&generation, started, None);
+        let (message, finish) = match reply_calls(&generation.text, calls) {
+            Some(calls) => (
+                json!({"role": "assistant", "content": Value::Null, "tool_calls": wire_calls(&calls)}),
+                "tool_calls",
+            ),
+            None => (
+                json!({"role": "assistant", "content": generation.text}),
+                finish_reason(generation.finish_reason),
+            ),
+        };
         choices.push(json!({
             "index": index,
-            "message": {"role": "assistant", "content": generation.text},
+            "message": message,
             "logprobs": Value::Null,
-            "finish_reason": finish_reason(generation.finish_reason),
+            "finish_reason": finish,
         }));
     }
     Ok(axum::Json(json!({
@@ -126,7 +163,13 @@ pub(super) fn shared_prompt_usage(choices: &[Generation]) -> Option<Usage> {
 /// The choices as server-sent events: a role delta, text deltas as they are
 /// generated, a last chunk with the finish reason, usage when asked, then
 /// `[DONE]`. A client that goes away stops every choice's generation.
-fn stream(state: AppState, engine: SharedEngine, planned: Planned, started: Instant) -> Response {
+fn stream(
+    state: AppState,
+    engine: SharedEngine,
+    planned: Planned,
+    calls: Option<ToolFormat>,
+    started: Instant,
+) -> Response {
     let (events, receiver) = mpsc::channel::<Result<Event, Infallible>>(64);
     tokio::spawn(async move {
         let id = response_id("chatcmpl");
@@ -141,7 +184,7 @@ fn stream(state: AppState, engine: SharedEngine, planned: Planned, started: Inst
             .into_iter()
             .enumerate()
             .map(|(index, request)| {
-                stream_choice(&state, &engine, &chunk, index, request, started)
+                stream_choice(&state, &engine, &chunk, (index, request), calls, started)
             });
         let finished: Vec<Generation> = futures_util::future::join_all(runs)
             .await
@@ -194,15 +237,56 @@ impl ChunkWriter {
     }
 }
 
+/// Text of a streamed reply, held back while it may still be a tool call.
+struct CallGate {
+    calls: Option<ToolFormat>,
+    held: String,
+    /// The reply is known not to be a call.
+    open: bool,
+}
+
+impl CallGate {
+    fn new(calls: Option<ToolFormat>) -> Self {
+        CallGate {
+            calls,
+            held: String::new(),
+            open: calls.is_none(),
+        }
+    }
+
+    /// What of `piece` may be sent as content now.
+    fn pass(&mut self, piece: String) -> Option<String> {
+        if self.open {
+            return Some(piece);
+        }
+        self.held.push_str(&piece);
+        let start = self.held.trim_start();
+        let may_be_call = match self.calls {
+            Some(ToolFormat::Hermes) => {
+                let opening = ToolFormat::Hermes.opening().trim_end();
+                start.starts_with(opening) || opening.starts_with(start)
+            }
+            Some(ToolFormat::Llama3Json) => start.is_empty() || start.starts_with(['{', '<']),
+            None => false,
+        };
+        if may_be_call {
+            return None;
+        }
+        self.open = true;
+        Some(std::mem::take(&mut self.held))
+    }
+}
+
 /// Streams one choice; returns its generation when it completed.
 async fn stream_choice(
     state: &AppState,
     engine: &SharedEngine,
     chunk: &ChunkWriter,
-    index: usize,
-    mut request: GenerationRequest,
+    (index, mut request): (usize, GenerationRequest),
+    calls: Option<ToolFormat>,
     started: Instant,
 ) -> Option<Generation> {
+    let mut gate = CallGate::new(calls);
     let (control, mut text) = GenerationControl::streaming();
     request.control = control;
     if !chunk
@@ -220,7 +304,9 @@ async fn stream_choice(
                 Some(piece) => {
                     first_token.get_or_insert_with(Instant::now);
                     // A client that went away: dropping the generation stops it.
-                    if !chunk.delta(index, json!({"content": piece}), None).await {
+                    if let Some(piece) = gate.pass(piece)
+                        && !chunk.delta(index, json!({"content": piece}), None).await
+                    {
                         return None;
                     }
                 }
@@ -232,14 +318,29 @@ async fn stream_choice(
     // Text the generation confirmed at its end (its stream has closed).
     while let Some(piece) = text.next().await {
         first_token.get_or_insert_with(Instant::now);
-        if !chunk.delta(index, json!({"content": piece}), None).await {
+        if let Some(piece) = gate.pass(piece)
+            && !chunk.delta(index, json!({"content": piece}), None).await
+        {
             return None;
         }
     }
     match result {
         Ok(generation) => {
             state.metrics.generation(&generation, started, first_token);
-            let reason = finish_reason(generation.finish_reason);
+            let mut reason = finish_reason(generation.finish_reason);
+            if !gate.open {
+                // The whole reply was held: a call, or text that looked like one.
+                let delta = match reply_calls(&generation.text, calls) {
+                    Some(calls) => {
+                        reason = "tool_calls";
+                        json!({"tool_calls": wire_calls(&calls)})
+                    }
+                    None => json!({"content": gate.held}),
+                };
+                if !chunk.delta(index, delta, None).await {
+                    return None;
+                }
+            }
             chunk.delta(index, json!({}), Some(reason)).await;
             Some(generation)
         }

@@ -2,7 +2,7 @@
 //! decoded with OpenAI-shaped errors, limits checked, the reply budget set
 //! (a request's own, else the server's default, never "until the context is
 //! full"), and the output constraint chosen — `response_format`, or a DSPy
-//! prompt's field grammar.
+//! prompt's field grammar — with a tool call beside it when `tools` allow.
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
@@ -12,12 +12,16 @@ use serde_json::json;
 use super::AppState;
 use super::engine::Engine;
 use super::errors::ApiError;
-use super::wire::{ChatMessage, ResponseFormat, SamplingFields};
+use super::wire::{ChatMessage, ChatRequest, ResponseFormat, SamplingFields, WireToolChoice};
 use crate::backend::{GenerationControl, GenerationRequest, Sampling};
-use crate::prompt::{DspyReply, OutputConstraint, dspy_reply};
+use crate::prompt::{
+    DspyReply, OutputConstraint, ToolCall, ToolChoice, ToolSpec, Turn, dspy_reply,
+};
 
 /// Reply budget when neither the request nor the adapter sets one.
 const FALLBACK_MAX_TOKENS: usize = 512;
+/// Most tools in one request (OpenAI's limit).
+const MAX_TOOLS: usize = 128;
 /// Most stop strings, and most bytes in one.
 const MAX_STOPS: usize = 16;
 const MAX_STOP_BYTES: usize = 256;
@@ -167,6 +171,7 @@ pub(crate) fn render_chat(
     state: &AppState,
     engine: &dyn Engine,
     messages: &[ChatMessage],
+    tools: &[ToolSpec],
 ) -> Result<String, ApiError> {
     if messages.is_empty() {
         return Err(ApiError::bad_request("`messages` must not be empty").with_param("messages"));
@@ -178,8 +183,8 @@ pub(crate) fn render_chat(
         ))
         .with_param("messages"));
     }
-    let mut turns = Vec::with_capacity(messages.len());
-    for message in messages {
+    let mut turns: Vec<Turn> = Vec::with_capacity(messages.len());
+    for (index, message) in messages.iter().enumerate() {
         let role = match message.role.as_str() {
             "system" | "developer" => "system",
             "user" => "user",
@@ -198,18 +203,126 @@ pub(crate) fn render_chat(
                 .map_err(|e| ApiError::bad_request(e).with_param("messages"))?,
             None => String::new(),
         };
-        turns.push((role.to_string(), content));
+        let mut turn = Turn::new(role, content);
+        if role == "assistant" {
+            for call in message.tool_calls.iter().flatten() {
+                turn.tool_calls.push(ToolCall {
+                    id: call.id.clone().unwrap_or_else(|| format!("call_{index}")),
+                    name: call.function.name.clone(),
+                    arguments: call_arguments(call.function.arguments.as_ref())
+                        .map_err(|e| ApiError::bad_request(e).with_param("messages"))?,
+                });
+            }
+        }
+        if role == "tool" {
+            turn.tool_call_id.clone_from(&message.tool_call_id);
+            // The tool's name: the message's, else that of the call it answers.
+            turn.name = message.name.clone().or_else(|| {
+                let id = message.tool_call_id.as_deref()?;
+                turns
+                    .iter()
+                    .flat_map(|t| &t.tool_calls)
+                    .find(|c| c.id == id)
+                    .map(|c| c.name.clone())
+            });
+        }
+        turns.push(turn);
     }
-    Ok(engine.template().render_turns(&turns, true)?)
+    Ok(engine.template().render_conversation(&turns, tools, true)?)
+}
+
+/// A call's arguments from a request: a JSON-encoded string (OpenAI's
+/// form), or an object.
+fn call_arguments(arguments: Option<&serde_json::Value>) -> Result<serde_json::Value, String> {
+    match arguments {
+        None => Ok(json!({})),
+        Some(serde_json::Value::String(text)) if text.trim().is_empty() => Ok(json!({})),
+        Some(serde_json::Value::String(text)) => serde_json::from_str(text)
+            .map_err(|e| format!("a tool call's `arguments` is not valid JSON ({e}): {text}")),
+        Some(other) => Ok(other.clone()),
+    }
+}
+
+/// The tools a chat request offers and its `tool_choice`, checked.
+pub(crate) fn chat_tools(body: &ChatRequest) -> Result<(Vec<ToolSpec>, ToolChoice), ApiError> {
+    let bad = |message: String| ApiError::bad_request(message).with_param("tools");
+    let wire = body.tools.as_deref().unwrap_or_default();
+    if wire.len() > MAX_TOOLS {
+        return Err(bad(format!("at most {MAX_TOOLS} tools in one request")));
+    }
+    let mut specs: Vec<ToolSpec> = Vec::with_capacity(wire.len());
+    for tool in wire {
+        if tool.kind != "function" {
+            return Err(bad(format!(
+                "tools of type `{}` are not supported (only `function`)",
+                tool.kind
+            )));
+        }
+        let name = &tool.function.name;
+        let valid_name = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !valid_name {
+            return Err(bad(format!(
+                "tool name `{name}` must be 1 to 64 letters, digits, `_` or `-`"
+            )));
+        }
+        if specs.iter().any(|s| &s.name == name) {
+            return Err(bad(format!("two tools are named `{name}`")));
+        }
+        let parameters = match &tool.function.parameters {
+            None => json!({"type": "object", "properties": {}}),
+            Some(schema @ serde_json::Value::Object(_)) => schema.clone(),
+            Some(_) => {
+                return Err(bad(format!(
+                    "the `parameters` of tool `{name}` must be a JSON schema object"
+                )));
+            }
+        };
+        specs.push(ToolSpec::new(
+            name.clone(),
+            tool.function.description.clone().unwrap_or_default(),
+            parameters,
+        ));
+    }
+    let bad_choice = |message: String| ApiError::bad_request(message).with_param("tool_choice");
+    let choice = match &body.tool_choice {
+        None => ToolChoice::Auto,
+        Some(WireToolChoice::Mode(mode)) => match mode.as_str() {
+            "auto" => ToolChoice::Auto,
+            "none" => ToolChoice::None,
+            "required" => ToolChoice::Required,
+            other => {
+                return Err(bad_choice(format!(
+                    "`tool_choice` must be `auto`, `none`, `required` or a function, not `{other}`"
+                )));
+            }
+        },
+        Some(WireToolChoice::Function { function }) => ToolChoice::Named(function.name.clone()),
+    };
+    match &choice {
+        ToolChoice::Required if specs.is_empty() => Err(bad_choice(
+            "`tool_choice` is `required` but no tools are given".into(),
+        )),
+        ToolChoice::Named(name) if !specs.iter().any(|s| &s.name == name) => Err(bad_choice(
+            format!("`tool_choice` names `{name}`, which is not among the tools"),
+        )),
+        _ => Ok((specs, choice)),
+    }
 }
 
 /// The reply's grammar: `response_format` when given, else a DSPy prompt's
-/// field grammar (when the first message is a DSPy system message), else none.
+/// field grammar (when the first message is a DSPy system message), else
+/// none; or, when `tools` may be called, any of those (free text for none)
+/// or one call.
 pub(crate) fn chat_constraint(
     state: &AppState,
     engine: &dyn Engine,
     messages: &[ChatMessage],
     format: Option<&ResponseFormat>,
+    (tools, choice): (&[ToolSpec], &ToolChoice),
 ) -> Result<Option<OutputConstraint>, ApiError> {
     let max_text_chars = engine.generation_config().max_text_chars;
     let dspy = || {
@@ -251,6 +364,17 @@ pub(crate) fn chat_constraint(
             )),
             None => None,
         },
+    };
+    let constraint = if tools.is_empty() || *choice == ToolChoice::None {
+        constraint
+    } else {
+        let tool_format = engine.template().tool_support().format;
+        let reply = constraint.unwrap_or_else(OutputConstraint::free_text);
+        Some(
+            reply
+                .with_tool_calls(tools, tool_format, choice, max_text_chars)
+                .map_err(|e| ApiError::bad_request(e.to_string()).with_param("tool_choice"))?,
+        )
     };
     // Compiled now, so a schema the grammar engine refuses is this request's 400.
     if let Some(constraint) = &constraint {

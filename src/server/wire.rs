@@ -18,7 +18,56 @@ pub(crate) struct ChatRequest {
     #[serde(default)]
     pub(crate) response_format: Option<ResponseFormat>,
     #[serde(default)]
-    pub(crate) tools: Option<Vec<Value>>,
+    pub(crate) tools: Option<Vec<WireTool>>,
+    #[serde(default)]
+    pub(crate) tool_choice: Option<WireToolChoice>,
+}
+
+/// One entry of `tools`.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct WireTool {
+    #[serde(rename = "type")]
+    pub(crate) kind: String,
+    pub(crate) function: WireFunction,
+}
+
+/// A function a model may call: its name, description and argument schema.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct WireFunction {
+    pub(crate) name: String,
+    #[serde(default)]
+    pub(crate) description: Option<String>,
+    #[serde(default)]
+    pub(crate) parameters: Option<Value>,
+}
+
+/// `tool_choice`: `"auto"`, `"none"`, `"required"`, or one function by name.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum WireToolChoice {
+    Mode(String),
+    Function { function: WireFunctionName },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct WireFunctionName {
+    pub(crate) name: String,
+}
+
+/// A call in an assistant message: arguments as a JSON-encoded string (as
+/// OpenAI writes them), or, from lenient clients, as an object.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct WireToolCall {
+    #[serde(default)]
+    pub(crate) id: Option<String>,
+    pub(crate) function: WireCalledFunction,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct WireCalledFunction {
+    pub(crate) name: String,
+    #[serde(default)]
+    pub(crate) arguments: Option<Value>,
 }
 
 /// `POST /v1/completions`.
@@ -106,6 +155,12 @@ pub(crate) struct ChatMessage {
     pub(crate) role: String,
     #[serde(default)]
     pub(crate) content: Option<Content>,
+    #[serde(default)]
+    pub(crate) tool_calls: Option<Vec<WireToolCall>>,
+    #[serde(default)]
+    pub(crate) tool_call_id: Option<String>,
+    #[serde(default)]
+    pub(crate) name: Option<String>,
 }
 
 /// Message content: a string, or a list of parts (rig sends lists).

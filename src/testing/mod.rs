@@ -9,6 +9,8 @@ mod model_builder;
 pub mod tasks;
 #[cfg(feature = "candle")]
 mod tokenizer;
+#[cfg(feature = "task-data")]
+pub mod tool_task;
 
 use std::path::PathBuf;
 

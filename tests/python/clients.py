@@ -75,6 +75,66 @@ try:
 except openai.NotFoundError as error:
     check("unknown model is a 404", "does not exist" in str(error), error)
 
+# --- tools ---
+tools = [
+    {
+        "type": "function",
+        "function": {
+            "name": "lookup_code",
+            "description": "Looks up the code of an item.",
+            "parameters": {
+                "type": "object",
+                "properties": {"item": {"type": "string"}},
+                "required": ["item"],
+            },
+        },
+    }
+]
+question = {"role": "user", "content": "What is the code of the red lamp?"}
+reply = client.chat.completions.create(
+    model=MODEL, messages=[question], tools=tools, tool_choice="required", temperature=0
+)
+calls = reply.choices[0].message.tool_calls
+check(
+    "tools: a required call comes back as tool_calls",
+    reply.choices[0].finish_reason == "tool_calls" and calls and calls[0].function.name == "lookup_code",
+    reply,
+)
+arguments = json.loads(calls[0].function.arguments)
+check("tools: its arguments fit the schema", isinstance(arguments.get("item"), str), arguments)
+
+streamed = {}
+for chunk in client.chat.completions.create(
+    model=MODEL, messages=[question], tools=tools, tool_choice="required", temperature=0, stream=True
+):
+    for call in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+        entry = streamed.setdefault(call.index, {"name": "", "arguments": ""})
+        entry["name"] += call.function.name or ""
+        entry["arguments"] += call.function.arguments or ""
+check(
+    "tools: a streamed call adds up to the same call",
+    streamed.get(0) == {"name": "lookup_code", "arguments": calls[0].function.arguments},
+    streamed,
+)
+
+follow_up = client.chat.completions.create(
+    model=MODEL,
+    messages=[
+        question,
+        reply.choices[0].message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": calls[0].id, "content": "417"},
+    ],
+    tools=tools,
+    temperature=0,
+    max_tokens=40,
+)
+message = follow_up.choices[0].message
+check(
+    "tools: the tool's result is taken and answered",
+    isinstance(message.content, str) or bool(message.tool_calls),
+    follow_up,
+)
+
 # --- Python DSPy ---
 lm = dspy.LM(
     f"openai/{MODEL}", api_base=BASE, api_key=KEY, temperature=0.0, max_tokens=200, cache=False

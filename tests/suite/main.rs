@@ -18,6 +18,8 @@ mod gpu;
 mod llama_cpp;
 #[cfg(feature = "llamacpp")]
 mod server;
+#[cfg(any(feature = "llamacpp", feature = "candle"))]
+mod tool_calls;
 
 mod adapter_mock;
 mod gguf_header;
@@ -31,3 +33,4 @@ mod prompt_render;
 mod python_clients;
 #[cfg(any(feature = "llamacpp", feature = "candle"))]
 mod real_models;
+mod tools;

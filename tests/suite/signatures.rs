@@ -59,3 +59,21 @@ struct Arithmetic {
     #[output]
     sum: i32,
 }
+
+#[Signature]
+struct ItemCode {
+    /// Find the code of the item.
+    #[input]
+    item: String,
+    #[output]
+    code: i32,
+}
+
+#[Signature(cot)]
+struct ItemCodeReasoned {
+    /// Find the code of the item.
+    #[input]
+    item: String,
+    #[output]
+    code: i32,
+}

@@ -6,7 +6,7 @@
 use anyhow::{Context, Result};
 use dspy_rs::{Message, MetaSignature};
 use dsrs_local::gguf::GgufHeader;
-use dsrs_local::prompt::{ChatTemplate, format_chat};
+use dsrs_local::prompt::{ChatTemplate, Turn, format_chat};
 use dsrs_local::testing::GgufTokenizer;
 use dsrs_local::testing::tasks::{TaskExample, TaskFamily, TaskStream};
 use rand::Rng;
@@ -39,12 +39,27 @@ pub const PROBE_PLACES: usize = 7;
 pub const NO_DIGIT: u32 = 10;
 
 /// The prompt an adapter would send, and the reply the model should write.
+/// A tool-family example is at one of its rounds: the prompt with the tools,
+/// and the call; or that prompt, call and result, and the answer.
 pub fn prompt_and_reply(
     template: &ChatTemplate,
     example: &TaskExample,
 ) -> Result<(String, String)> {
     let chat = format_chat(&example.signature, &example.inputs)?;
-    let prompt = template.render(&chat)?;
+    let prompt = match &example.tool_round {
+        None => template.render(&chat)?,
+        Some(round) => {
+            let mut turns = Turn::from_chat(&chat);
+            if !round.answer_round {
+                let prompt = template.render_conversation(&turns, &round.tools, true)?;
+                let call = template.tool_support().format.call_text(&round.call);
+                return Ok((prompt, call));
+            }
+            turns.push(Turn::calls("", vec![round.call.clone()]));
+            turns.push(Turn::tool_result(&round.call, round.result.as_str()));
+            template.render_conversation(&turns, &round.tools, true)?
+        }
+    };
     // The reply in dspy-rs's own words: format the example as a demo and
     // take its assistant message.
     let mut as_demo = example.signature.clone();
@@ -289,31 +304,36 @@ fn digit_runs(
 /// order) and up to how many demos.
 #[derive(Debug, Clone)]
 pub struct Mix {
-    pub weights: [u32; 6],
+    pub weights: [u32; 7],
     pub max_demos: usize,
 }
 
 impl Default for Mix {
     fn default() -> Self {
         Mix {
-            // arithmetic, capital, sentiment, parity, words, arithmetic (cot)
-            weights: [10, 1, 1, 1, 5, 4],
+            // arithmetic, capital, sentiment, parity, words, arithmetic (cot),
+            // tool lookup (taught in a second stage, `--init`: models/README.md)
+            weights: [10, 1, 1, 1, 5, 4, 0],
             max_demos: 7,
         }
     }
 }
 
 impl Mix {
-    /// Parses `10,4,3,2,4,5` (weights in [`TaskFamily::ALL`] order).
+    /// Parses `10,4,3,2,4,5,6` (weights in [`TaskFamily::ALL`] order; six
+    /// leave the tool family out).
     pub fn parse_weights(&mut self, text: &str) -> Result<()> {
-        let weights: Vec<u32> = text
+        let mut weights: Vec<u32> = text
             .split(',')
             .map(|w| w.trim().parse::<u32>())
             .collect::<Result<_, _>>()
-            .with_context(|| format!("--mix: not six numbers: {text}"))?;
+            .with_context(|| format!("--mix: not a list of numbers: {text}"))?;
+        if weights.len() == 6 {
+            weights.push(0);
+        }
         self.weights = weights
             .try_into()
-            .map_err(|_| anyhow::anyhow!("--mix needs six weights: {text}"))?;
+            .map_err(|_| anyhow::anyhow!("--mix needs six or seven weights: {text}"))?;
         anyhow::ensure!(self.weights.iter().any(|&w| w > 0), "--mix: all zero");
         Ok(())
     }

@@ -225,7 +225,12 @@ async fn run() -> Result<()> {
     let vocab_path = settings.out.with_extension("vocab.gguf");
     let metadata = match &settings.init {
         Some(init) => {
-            let metadata = tokenizer_metadata(init)?;
+            let mut metadata = tokenizer_metadata(init)?;
+            // The template that renders tools (the same text without them).
+            metadata.insert(
+                "tokenizer.chat_template".into(),
+                Value::String(dsrs_local::prompt::CHATML_TOOLS_TEMPLATE.into()),
+            );
             vocab::write_vocab_only(&metadata, &vocab_path)?;
             metadata
         }

@@ -6,7 +6,10 @@
 //! token counts.
 //!
 //! Settings come from the `LM` that dspy-rs passes to `call` (`temperature`,
-//! `max_tokens`), unless [`GenerationConfig`] overrides them.
+//! `max_tokens`, `max_tool_iterations`), unless [`GenerationConfig`]
+//! overrides them. A predictor with tools goes through `tool_loop`.
+
+mod tool_loop;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -389,9 +392,15 @@ impl<B: Backend> Adapter for LocalAdapter<B> {
         lm: Arc<LM>,
         signature: &dyn MetaSignature,
         inputs: Example,
-        _tools: Vec<Arc<dyn ToolDyn>>,
+        tools: Vec<Arc<dyn ToolDyn>>,
     ) -> anyhow::Result<Prediction> {
         // The one place our errors become anyhow's, for dspy-rs.
+        if !tools.is_empty() {
+            let (data, usage) = self
+                .predict_with_tools(&lm, signature, &inputs, &tools)
+                .await?;
+            return Ok(Prediction::new(data, usage));
+        }
         let (data, generation) = self.predict(&lm, signature, &inputs).await?;
         Ok(Prediction::new(data, usage(&generation)))
     }
