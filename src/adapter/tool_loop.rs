@@ -72,7 +72,8 @@ impl<B: Backend> LocalAdapter<B> {
         let mut total = LmUsage::default();
         let mut calls_made: Vec<Value> = Vec::new();
         let mut executions: Vec<Value> = Vec::new();
-        for round in 0.. {
+        let mut round = 0;
+        loop {
             let prompt = template.render_conversation(&turns, &specs, true)?;
             let request = self.config.request(lm, prompt, constraint.clone());
             let generation = self.generate(request).await?;
@@ -97,6 +98,7 @@ impl<B: Backend> LocalAdapter<B> {
                     last_call: generation.text.trim().to_string(),
                 });
             }
+            round += 1;
             tracing::info!(round, calls = calls.len(), "the model calls tools");
             turns.push(Turn::calls("", calls.clone()));
             for call in calls {
@@ -110,9 +112,6 @@ impl<B: Backend> LocalAdapter<B> {
                 executions.push(Value::String(result));
             }
         }
-        Err(Error::Internal {
-            what: "the tool loop ended without an answer",
-        })
     }
 }
 

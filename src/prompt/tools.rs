@@ -120,6 +120,20 @@ impl ToolFormat {
         }
     }
 
+    /// Whether a reply that begins with `start` may still be a call (it is
+    /// one, or the beginning of one); what a stream holds back.
+    pub fn may_be_call(self, start: &str) -> bool {
+        let start = start.trim_start();
+        match self {
+            ToolFormat::Hermes => {
+                let opening = self.opening().trim_end();
+                start.starts_with(opening) || opening.starts_with(start)
+            }
+            // A bare object, or Llama's `<|python_tag|>` before it.
+            ToolFormat::Llama3Json => start.is_empty() || start.starts_with(['{', '<']),
+        }
+    }
+
     /// A call as the model writes it (and as the template renders it back).
     pub fn call_text(self, call: &ToolCall) -> String {
         let object = json!({"name": call.name, self.arguments_key(): call.arguments});

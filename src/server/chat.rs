@@ -260,16 +260,10 @@ impl CallGate {
             return Some(piece);
         }
         self.held.push_str(&piece);
-        let start = self.held.trim_start();
-        let may_be_call = match self.calls {
-            Some(ToolFormat::Hermes) => {
-                let opening = ToolFormat::Hermes.opening().trim_end();
-                start.starts_with(opening) || opening.starts_with(start)
-            }
-            Some(ToolFormat::Llama3Json) => start.is_empty() || start.starts_with(['{', '<']),
-            None => false,
-        };
-        if may_be_call {
+        if self
+            .calls
+            .is_some_and(|format| format.may_be_call(&self.held))
+        {
             return None;
         }
         self.open = true;
