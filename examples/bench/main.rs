@@ -315,17 +315,23 @@ fn fixed_prompt(backend: &dyn Backend, tokens: usize) -> anyhow::Result<String> 
     let words = [
         "the", "model", "reads", "a", "long", "story", "about", "rivers", "and", "stones",
     ];
-    let mut count = tokens;
-    loop {
-        let prompt: String = (0..count)
+    let prompt = |count: usize| -> String {
+        (0..count)
             .map(|i| format!("{} ", words[i % words.len()]))
-            .collect();
-        let counted = backend.count_tokens(&prompt)?;
-        if counted >= tokens {
-            return Ok(prompt);
+            .collect()
+    };
+    // The most words that stay within `tokens` (a word is one or more tokens,
+    // depending on the vocabulary).
+    let (mut fits, mut over) = (0, tokens + 1);
+    while over - fits > 1 {
+        let middle = (fits + over) / 2;
+        if backend.count_tokens(&prompt(middle))? <= tokens {
+            fits = middle;
+        } else {
+            over = middle;
         }
-        count += tokens - counted;
     }
+    Ok(prompt(fits))
 }
 
 /// Resident memory a backend added, measured after loading it and running it.
@@ -415,22 +421,27 @@ async fn main() -> anyhow::Result<()> {
     let overhead = adapter_overhead(&llama_model, &options).await?;
     drop(llama);
 
-    // candle on the same file (on CUDA with --gpu when the plan fits it there).
-    let before = memory::resident();
-    let candle_model: Arc<CandleModel> = if options.gpu {
-        pool.load(ModelSpec::gguf(&path))?
+    // candle on the same file (on CUDA with --gpu when the plan fits it
+    // there; a GPU run leaves it out where it cannot run on the GPU, as in a
+    // Vulkan build: a CPU row would compare nothing).
+    let candle_plan = pool.plan::<CandleModel>(&ModelSpec::gguf(&path))?;
+    if options.gpu && candle_plan.gpu_layers() == 0 {
+        println!("skipping candle: not on a GPU in this build\n{candle_plan}");
     } else {
-        Arc::new(CandleModel::load(&path, CandleLoadOptions::default())?)
-    };
-    println!("candle runs on {}", candle_model.device());
-    let candle = CandleAdapter::from_loaded_model(
-        Arc::clone(&candle_model),
-        CandleConfig::default().with_generation(config),
-    );
-    engine.push(adapter_engine_row("CandleAdapter", &candle, &options).await?);
-    memory_rows.push(memory_row("candle", before, file_bytes));
-    drop(candle);
-    drop(candle_model);
+        let before = memory::resident();
+        let candle_model: Arc<CandleModel> = if options.gpu {
+            pool.load(ModelSpec::gguf(&path))?
+        } else {
+            Arc::new(CandleModel::load(&path, CandleLoadOptions::default())?)
+        };
+        println!("candle runs on {}", candle_model.device());
+        let candle = CandleAdapter::from_loaded_model(
+            Arc::clone(&candle_model),
+            CandleConfig::default().with_generation(config),
+        );
+        engine.push(adapter_engine_row("CandleAdapter", &candle, &options).await?);
+        memory_rows.push(memory_row("candle", before, file_bytes));
+    }
 
     println!("measuring llama-bench…");
     let llama_bench = match peers.llama_bench() {
@@ -521,9 +532,15 @@ async fn main() -> anyhow::Result<()> {
             "target": name, "measured": measured, "goal": goal, "met": met,
         })).collect::<Vec<_>>(),
     });
+    // A GPU run is named by the kind of device llama.cpp ran on (`-gpu-cuda`,
+    // `-gpu-vulkan`).
     let out = dir.join(format!(
         "results-{label}{}.json",
-        if options.gpu { "-gpu" } else { "" }
+        match pool.profile().usable_accelerators().next() {
+            Some(gpu) if options.gpu => format!("-gpu-{}", gpu.kind.prefix().to_lowercase()),
+            _ if options.gpu => "-gpu".into(),
+            _ => String::new(),
+        }
     ));
     std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
     println!("\nwrote {}", out.display());

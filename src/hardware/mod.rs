@@ -8,9 +8,10 @@
 //! - llama.cpp's own device list, when the `llamacpp` feature is on;
 //! - RAM and cores through `sysinfo`.
 //!
-//! `DSRS_DEVICE=cpu` hides every GPU; `DSRS_DEVICE=fake-gpu:<bytes>` replaces
-//! them with one made-up CUDA GPU of that many free bytes (for tests and
-//! planning on another machine). [`DetectOptions`] does the same in code.
+//! `DSRS_DEVICE=cpu` hides every GPU; `DSRS_DEVICE=fake-gpu:<size>[,<size>…]`
+//! replaces them with made-up GPUs of that much free memory, CUDA unless a
+//! size names another kind (`vulkan:8GiB`, `rocm:…`, `metal:…`), for tests and
+//! planning on another machine. [`DetectOptions`] does the same in code.
 
 mod probes;
 
@@ -36,7 +37,8 @@ impl AcceleratorKind {
     pub fn feature(self) -> Option<&'static str> {
         match self {
             AcceleratorKind::Cuda => Some("cuda"),
-            AcceleratorKind::Rocm | AcceleratorKind::Vulkan => Some("vulkan"),
+            AcceleratorKind::Rocm => Some("rocm"),
+            AcceleratorKind::Vulkan => Some("vulkan"),
             AcceleratorKind::Metal => Some("metal"),
             AcceleratorKind::Cpu => None,
         }
@@ -202,8 +204,12 @@ pub fn compiled_backends() -> Vec<CompiledBackend> {
             devices.push(AcceleratorKind::Cuda);
         }
         if cfg!(feature = "vulkan") {
-            // Vulkan drives AMD GPUs too (which sysfs reports as ROCm devices).
-            devices.extend([AcceleratorKind::Vulkan, AcceleratorKind::Rocm]);
+            // AMD and Intel cards too: llama.cpp lists them as Vulkan devices
+            // (the probes merge an AMD card sysfs found into that entry).
+            devices.push(AcceleratorKind::Vulkan);
+        }
+        if cfg!(feature = "rocm") {
+            devices.push(AcceleratorKind::Rocm);
         }
         if cfg!(feature = "metal") {
             devices.push(AcceleratorKind::Metal);
@@ -330,33 +336,91 @@ impl fmt::Display for HardwareProfile {
 pub struct DetectOptions {
     /// Report no accelerator at all.
     pub force_cpu: bool,
-    /// Replace detected accelerators with one made-up CUDA GPU of this many free bytes.
-    pub fake_gpu_bytes: Option<u64>,
+    /// Replace detected accelerators with these made-up ones (none: detect).
+    pub fake_gpus: Vec<FakeGpu>,
+}
+
+/// A made-up accelerator with this much free (and total) memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FakeGpu {
+    /// Its kind.
+    pub kind: AcceleratorKind,
+    /// Its memory in bytes.
+    pub bytes: u64,
+}
+
+impl FakeGpu {
+    /// A made-up CUDA GPU of `bytes`.
+    pub fn cuda(bytes: u64) -> Self {
+        FakeGpu {
+            kind: AcceleratorKind::Cuda,
+            bytes,
+        }
+    }
+
+    /// Reads `[kind:]size`: kind `cuda` (the default), `vulkan`, `rocm` or
+    /// `metal`; size in bytes or with a `KiB`/`MiB`/`GiB` suffix.
+    fn parse(text: &str) -> Option<Self> {
+        let (kind, size) = match text.split_once(':') {
+            Some((kind, size)) => (
+                match kind {
+                    "cuda" => AcceleratorKind::Cuda,
+                    "vulkan" => AcceleratorKind::Vulkan,
+                    "rocm" => AcceleratorKind::Rocm,
+                    "metal" => AcceleratorKind::Metal,
+                    _ => return None,
+                },
+                size,
+            ),
+            None => (AcceleratorKind::Cuda, text),
+        };
+        let (digits, unit) = [("gib", 30), ("mib", 20), ("kib", 10)]
+            .into_iter()
+            .find_map(|(suffix, shift)| size.strip_suffix(suffix).map(|d| (d, shift)))
+            .unwrap_or((size, 0));
+        let bytes = digits
+            .trim()
+            .parse::<u64>()
+            .ok()?
+            .checked_mul(1u64 << unit)?;
+        Some(FakeGpu { kind, bytes })
+    }
 }
 
 impl DetectOptions {
-    /// Reads `DSRS_DEVICE` (`cpu`, or `fake-gpu:<bytes>`).
+    /// Reads `DSRS_DEVICE` (`cpu`, or `fake-gpu:` and sizes, see the module
+    /// documentation); anything else is logged and ignored.
     pub fn from_env() -> Self {
         let Ok(value) = std::env::var("DSRS_DEVICE") else {
             return Self::default();
         };
+        Self::parse(&value).unwrap_or_else(|| {
+            tracing::warn!(
+                %value,
+                "DSRS_DEVICE is not `cpu` or `fake-gpu:[kind:]size[,…]`; ignored"
+            );
+            Self::default()
+        })
+    }
+
+    /// Reads a `DSRS_DEVICE` value; `None` when it is not one.
+    pub fn parse(value: &str) -> Option<Self> {
         let value = value.trim().to_ascii_lowercase();
         if value == "cpu" {
-            return DetectOptions {
+            return Some(DetectOptions {
                 force_cpu: true,
-                fake_gpu_bytes: None,
-            };
+                fake_gpus: Vec::new(),
+            });
         }
-        match value.strip_prefix("fake-gpu:").map(str::parse::<u64>) {
-            Some(Ok(bytes)) => DetectOptions {
-                force_cpu: false,
-                fake_gpu_bytes: Some(bytes),
-            },
-            _ => {
-                tracing::warn!(%value, "DSRS_DEVICE is not `cpu` or `fake-gpu:<bytes>`; ignored");
-                Self::default()
-            }
-        }
+        let fake_gpus = value
+            .strip_prefix("fake-gpu:")?
+            .split(',')
+            .map(FakeGpu::parse)
+            .collect::<Option<Vec<_>>>()?;
+        Some(DetectOptions {
+            force_cpu: false,
+            fake_gpus,
+        })
     }
 }
 
@@ -375,17 +439,8 @@ impl HardwareManager {
         let (cpu, memory) = probes::system();
         let accelerators = if options.force_cpu {
             Vec::new()
-        } else if let Some(bytes) = options.fake_gpu_bytes {
-            vec![Accelerator {
-                kind: AcceleratorKind::Cuda,
-                index: 0,
-                name: "fake GPU (DSRS_DEVICE)".into(),
-                memory: DeviceMemory::Discrete {
-                    total: bytes,
-                    free: bytes,
-                },
-                source: "override",
-            }]
+        } else if !options.fake_gpus.is_empty() {
+            fake_accelerators(&options.fake_gpus)
         } else {
             probes::accelerators()
         };
@@ -394,6 +449,68 @@ impl HardwareManager {
             cpu,
             memory,
             compiled: compiled_backends(),
+        }
+    }
+}
+
+/// The made-up accelerators, numbered per kind as real ones are.
+fn fake_accelerators(fakes: &[FakeGpu]) -> Vec<Accelerator> {
+    fakes
+        .iter()
+        .enumerate()
+        .map(|(at, fake)| Accelerator {
+            kind: fake.kind,
+            index: fakes[..at].iter().filter(|f| f.kind == fake.kind).count() as u32,
+            name: "fake GPU (DSRS_DEVICE)".into(),
+            memory: DeviceMemory::Discrete {
+                total: fake.bytes,
+                free: fake.bytes,
+            },
+            source: "override",
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_overrides_are_read_with_kinds_units_and_several_gpus() {
+        assert_eq!(
+            DetectOptions::parse(" CPU "),
+            Some(DetectOptions {
+                force_cpu: true,
+                fake_gpus: Vec::new()
+            })
+        );
+        let options = DetectOptions::parse("fake-gpu:8589934592,vulkan:24GiB,cuda:512MiB").unwrap();
+        assert_eq!(
+            options.fake_gpus,
+            vec![
+                FakeGpu::cuda(8 << 30),
+                FakeGpu {
+                    kind: AcceleratorKind::Vulkan,
+                    bytes: 24 << 30
+                },
+                FakeGpu::cuda(512 << 20),
+            ]
+        );
+        let ids: Vec<String> = fake_accelerators(&options.fake_gpus)
+            .iter()
+            .map(|a| a.id().to_string())
+            .collect();
+        assert_eq!(ids, ["CUDA0", "Vulkan0", "CUDA1"]);
+        for bad in [
+            "gpu",
+            "fake-gpu:",
+            "fake-gpu:lots",
+            "fake-gpu:opencl:8GiB",
+            "fake-gpu:8GiB,",
+            "fake-gpu:99999999999GiB",
+            "fake-gpu:-1",
+        ] {
+            assert_eq!(DetectOptions::parse(bad), None, "{bad}");
         }
     }
 }

@@ -56,11 +56,6 @@ impl TaskFamily {
         TaskFamily::ToolLookup,
     ];
 
-    /// The families the committed model answers: all but the tool family
-    /// (last in [`Self::ALL`]), which two attempts did not teach it
-    /// (`specs/tiny-model.md`).
-    pub const LEARNED: &[TaskFamily] = Self::ALL.split_at(6).0;
-
     /// A short name for reports.
     pub fn name(self) -> &'static str {
         match self {

@@ -1,6 +1,7 @@
 """Real Python clients against `dsrs-local serve`: the `openai` package
-(plain, streaming, `response_format`) and Python DSPy programs (ChatAdapter
-and JSONAdapter) whose replies must parse.
+(plain, streaming, `response_format`, tools: a required call, and the own
+model's lookup round trip when DSRS_TOOL_CASE gives its question) and Python
+DSPy programs (ChatAdapter and JSONAdapter) whose replies must parse.
 
 Run by the Rust suite (tests/suite/python_clients.rs), which starts the
 server and passes its URL:  python clients.py BASE_URL MODEL API_KEY
@@ -134,6 +135,33 @@ check(
     isinstance(message.content, str) or bool(message.tool_calls),
     follow_up,
 )
+
+# The own model's tool family: it calls the tool with the question's item
+# by itself (`tool_choice` left out) and answers with the tool's result.
+case = json.loads(os.environ.get("DSRS_TOOL_CASE", "null"))
+if case:
+    reply = client.chat.completions.create(
+        model=MODEL, messages=case["messages"], tools=case["tools"], temperature=0
+    )
+    calls = reply.choices[0].message.tool_calls or []
+    called = json.loads(calls[0].function.arguments) if calls else {}
+    check("tools: the own model calls with the item", called == {"item": case["item"]}, reply)
+    answer = client.chat.completions.create(
+        model=MODEL,
+        messages=case["messages"]
+        + [
+            reply.choices[0].message.model_dump(exclude_none=True),
+            {"role": "tool", "tool_call_id": calls[0].id, "content": str(case["code"])},
+        ],
+        tools=case["tools"],
+        temperature=0,
+    )
+    content = answer.choices[0].message.content or ""
+    check(
+        "tools: and answers with the result",
+        f"[[ ## code ## ]]\n{case['code']}\n" in content,
+        content,
+    )
 
 # --- Python DSPy ---
 lm = dspy.LM(

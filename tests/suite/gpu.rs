@@ -1,7 +1,7 @@
-//! CUDA against the CPU on the same file, per backend: what a user gets does
-//! not depend on the device. These run where CUDA is compiled in and a CUDA
-//! GPU is present (the GPU machine, `specs/gpu.md`); elsewhere each prints why
-//! it skips.
+//! A GPU against the CPU on the same file, per backend: what a user gets does
+//! not depend on the device. These run where a GPU the backend drives is
+//! compiled in and present — llama.cpp on CUDA or Vulkan, candle on CUDA (the
+//! GPU machine, `specs/gpu.md`); elsewhere each prints why it skips.
 //!
 //! Tolerance: F32 weights, next-token logits within 1e-2 relative (L2 norm of
 //! the difference over the CPU's; the kernels differ in summation order and
@@ -25,16 +25,24 @@ use crate::support::shared_model;
 
 const LOGIT_TOLERANCE: f64 = 1e-2;
 
-fn cuda_gpu() -> bool {
-    let present = HardwareManager::detect()
-        .accelerators
-        .iter()
-        .any(|a| a.kind == AcceleratorKind::Cuda);
-    if !(present && AcceleratorKind::Cuda.compiled_in()) {
-        eprintln!("skipping: this build has no CUDA or this machine no CUDA GPU");
-        return false;
+/// The first GPU of this machine that this build drives with `backend`
+/// (`llama.cpp` or `candle`), or why there is none.
+fn gpu_for(backend: &str) -> Option<AcceleratorKind> {
+    let profile = HardwareManager::detect();
+    let drives = |kind| {
+        profile
+            .compiled
+            .iter()
+            .any(|b| b.name == backend && b.drives(kind))
+    };
+    let kind = profile
+        .usable_accelerators()
+        .map(|a| a.kind)
+        .find(|&kind| drives(kind));
+    if kind.is_none() {
+        eprintln!("skipping: this build has no GPU that {backend} drives, or this machine none");
     }
-    true
+    kind
 }
 
 /// The models compared: a test-built F32 llama, and stories260K (a trained
@@ -52,10 +60,16 @@ fn models(dir: &Path) -> Vec<std::path::PathBuf> {
 
 const PROMPT: &str = "The quick brown fox jumps over the lazy dog";
 
-fn assert_logits_agree(backend: &str, path: &Path, cpu: Vec<f32>, gpu: Vec<f32>) {
+fn assert_logits_agree(
+    backend: &str,
+    kind: AcceleratorKind,
+    path: &Path,
+    cpu: Vec<f32>,
+    gpu: Vec<f32>,
+) {
     let difference = relative_difference(&gpu, &cpu);
     eprintln!(
-        "{}: {backend} CUDA vs CPU logits {difference:.2e}",
+        "{}: {backend} {kind:?} vs CPU logits {difference:.2e}",
         path.display()
     );
     assert!(difference < LOGIT_TOLERANCE, "{backend}: {difference}");
@@ -77,10 +91,10 @@ async fn greedy_text<B: Backend>(adapter: &LocalAdapter<B>) -> String {
 }
 
 #[tokio::test]
-async fn llama_cpp_on_cuda_matches_the_cpu() {
-    if !cuda_gpu() {
+async fn llama_cpp_on_the_gpu_matches_the_cpu() {
+    let Some(kind) = gpu_for("llama.cpp") else {
         return;
-    }
+    };
     let dir = tempfile::tempdir().unwrap();
     for path in models(dir.path()) {
         let load = |gpu_layers| {
@@ -95,6 +109,7 @@ async fn llama_cpp_on_cuda_matches_the_cpu() {
         let (cpu, gpu) = (load(0), load(u32::MAX));
         assert_logits_agree(
             "llama.cpp",
+            kind,
             &path,
             cpu.next_token_logits(PROMPT).unwrap(),
             gpu.next_token_logits(PROMPT).unwrap(),
@@ -111,7 +126,7 @@ async fn llama_cpp_on_cuda_matches_the_cpu() {
 
 #[tokio::test]
 async fn candle_on_cuda_matches_the_cpu() {
-    if !cuda_gpu() {
+    if gpu_for("candle") != Some(AcceleratorKind::Cuda) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -128,6 +143,7 @@ async fn candle_on_cuda_matches_the_cpu() {
         );
         assert_logits_agree(
             "candle",
+            AcceleratorKind::Cuda,
             &path,
             cpu.next_token_logits(PROMPT).unwrap(),
             gpu.next_token_logits(PROMPT).unwrap(),
@@ -142,20 +158,39 @@ async fn candle_on_cuda_matches_the_cpu() {
     }
 }
 
+/// Every layer of a small model on the GPU for each backend that drives it;
+/// a backend that does not (candle in a Vulkan build) is planned for the CPU
+/// and says why.
 #[test]
 fn the_pool_puts_every_layer_on_the_gpu() {
-    if !cuda_gpu() {
+    let Some(kind) = gpu_for("llama.cpp") else {
         return;
-    }
+    };
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("chat.gguf");
     TestModelSpec::tiny(TestTokenizer::ByteLevel)
         .write(&path)
         .unwrap();
     let pool = ModelPool::new(HardwareManager::detect());
-    let plan = pool.plan::<CandleModel>(&ModelSpec::gguf(&path)).unwrap();
+    let plan = pool.plan::<LlamaCppModel>(&ModelSpec::gguf(&path)).unwrap();
     eprintln!("{plan}");
     assert_eq!(plan.gpu_layers(), plan.total_layers(), "{plan}");
+    assert_eq!(plan.placement.device.map(|d| d.kind), Some(kind), "{plan}");
+
+    let plan = pool.plan::<CandleModel>(&ModelSpec::gguf(&path)).unwrap();
+    eprintln!("{plan}");
     let candle: Arc<CandleModel> = pool.load(ModelSpec::gguf(&path)).unwrap();
-    assert_eq!(candle.device().kind, AcceleratorKind::Cuda, "{plan}");
+    if gpu_for("candle").is_some() {
+        assert_eq!(plan.gpu_layers(), plan.total_layers(), "{plan}");
+        assert_eq!(candle.device().kind, AcceleratorKind::Cuda, "{plan}");
+    } else {
+        assert_eq!(plan.gpu_layers(), 0, "{plan}");
+        assert!(
+            plan.reasons
+                .iter()
+                .any(|r| r.contains(&format!("candle backend cannot drive {kind:?}"))),
+            "{plan}"
+        );
+        assert_eq!(candle.device().kind, AcceleratorKind::Cpu, "{plan}");
+    }
 }

@@ -127,7 +127,7 @@ async fn concurrent_calls_decoded_together_equal_calls_one_by_one() {
         Arc::new(LlamaCppModel::load(task_model_path(), LlamaCppLoadOptions::default()).unwrap());
     let mut stream = TaskStream::held_out(99);
     let examples: Vec<_> = (0..18)
-        .map(|i| stream.sample(TaskFamily::LEARNED[i % TaskFamily::LEARNED.len()], i % 3))
+        .map(|i| stream.sample(TaskFamily::ALL[i % TaskFamily::ALL.len()], i % 3))
         .collect();
     let config = |calls: usize| {
         LlamaCppConfig::default()

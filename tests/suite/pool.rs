@@ -7,7 +7,7 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use dsrs_local::gguf::GgufHeader;
-use dsrs_local::hardware::{AcceleratorKind, DetectOptions, HardwareManager};
+use dsrs_local::hardware::{AcceleratorKind, DetectOptions, FakeGpu, HardwareManager};
 use dsrs_local::pool::{ModelPool, ModelSpec};
 use dsrs_local::testing::{TestModelSpec, TestTokenizer};
 use dsrs_local::{Error, LoadModel, Placement, Result};
@@ -81,7 +81,7 @@ impl LoadModel for CpuOnly {
 fn cpu_pool() -> ModelPool {
     ModelPool::new(HardwareManager::detect_with(&DetectOptions {
         force_cpu: true,
-        fake_gpu_bytes: None,
+        fake_gpus: Vec::new(),
     }))
 }
 
@@ -107,7 +107,7 @@ fn this_machine_has_a_cpu_and_ram_and_plans_zero_gpu_layers() {
 fn a_fake_gpu_gets_every_layer_of_a_backend_that_drives_it_and_none_of_one_that_does_not() {
     let profile = HardwareManager::detect_with(&DetectOptions {
         force_cpu: false,
-        fake_gpu_bytes: Some(8 << 30),
+        fake_gpus: vec![FakeGpu::cuda(8 << 30)],
     });
     let pool = ModelPool::new(profile);
     let spec = ModelSpec::gguf(&MODELS.1[0]);
@@ -131,6 +131,42 @@ fn a_fake_gpu_gets_every_layer_of_a_backend_that_drives_it_and_none_of_one_that_
                 .iter()
                 .any(|r| r.contains("cpu-only backend cannot drive Cuda")),
             "{plan}"
+        );
+    }
+}
+
+/// A Vulkan card (an AMD one, say): llama.cpp plans every layer on it in a
+/// Vulkan build, candle (no Vulkan) plans the CPU and says why; a build
+/// without Vulkan reports the card and says which feature would use it.
+#[cfg(all(feature = "llamacpp", feature = "candle"))]
+#[test]
+fn a_fake_vulkan_gpu_gets_llama_cpp_layers_in_a_vulkan_build_and_candle_stays_on_the_cpu() {
+    let profile =
+        HardwareManager::detect_with(&DetectOptions::parse("fake-gpu:vulkan:8GiB").unwrap());
+    let listing = profile.to_string();
+    let pool = ModelPool::new(profile);
+    let spec = ModelSpec::gguf(&MODELS.1[0]);
+    let llama = pool.plan::<dsrs_local::LlamaCppModel>(&spec).unwrap();
+    let candle = pool.plan::<dsrs_local::CandleModel>(&spec).unwrap();
+    assert_eq!(candle.gpu_layers(), 0, "{candle}");
+    if AcceleratorKind::Vulkan.compiled_in() {
+        assert_eq!(llama.gpu_layers(), llama.total_layers(), "{llama}");
+        assert_eq!(
+            llama.placement.device.map(|d| (d.kind, d.index)),
+            Some((AcceleratorKind::Vulkan, 0))
+        );
+        assert!(
+            candle
+                .reasons
+                .iter()
+                .any(|r| r.contains("Vulkan0 (fake GPU (DSRS_DEVICE)) is not used: the candle backend cannot drive Vulkan")),
+            "{candle}"
+        );
+    } else {
+        assert_eq!(llama.gpu_layers(), 0, "{llama}");
+        assert!(
+            listing.contains("Vulkan0 (fake GPU (DSRS_DEVICE)): 8.0 GiB total, 8.0 GiB free [override; not compiled in: build with --features vulkan]"),
+            "{listing}"
         );
     }
 }

@@ -77,6 +77,20 @@ fn serve(backend: &str, key: &str) -> Served {
     Served { child, base_url }
 }
 
+/// A question of the own model's tool family as the Python client sends it
+/// (dspy-rs's messages, the tool as the model learned it), with the item it
+/// must call the tool with and the code the tool gives.
+fn tool_case() -> String {
+    let item = "quiet garden";
+    serde_json::json!({
+        "messages": crate::support::item_code_messages(item),
+        "tools": [dsrs_local::testing::tool_task::lookup_spec().to_openai()],
+        "item": item,
+        "code": dsrs_local::testing::tool_task::code_of(item),
+    })
+    .to_string()
+}
+
 fn run_clients(backend: &str) {
     let Some(python) = python() else {
         return;
@@ -90,6 +104,7 @@ fn run_clients(backend: &str) {
             "DSPY_CACHEDIR",
             std::env::temp_dir().join("dsrs-dspy-cache"),
         )
+        .env("DSRS_TOOL_CASE", tool_case())
         .output()
         .expect("python runs");
     let stdout = String::from_utf8_lossy(&output.stdout);

@@ -603,26 +603,14 @@ fn lookup_tools() -> Value {
     json!([spec.to_openai()])
 }
 
-/// A DSPy prompt for an item's code, as OpenAI messages.
-fn item_code_messages(item: &str) -> Vec<Value> {
-    let chat = ChatAdapter.format(
-        &crate::ItemCode::new(),
-        example! { "item": "input" => item.to_string() },
-    );
-    chat.messages
-        .iter()
-        .map(dspy_rs::Message::to_json)
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn tools_round_trip_as_tool_calls_and_tool_messages_whole_and_streamed() {
     use dsrs_local::testing::tool_task::code_of;
     let server = own_model_server();
     let item = "quiet garden";
-    let messages = item_code_messages(item);
-    // `required`: the model was not taught the tool (`specs/tiny-model.md`).
-    let body = json!({"messages": messages, "tools": lookup_tools(), "tool_choice": "required", "temperature": 0});
+    let messages = crate::support::item_code_messages(item);
+    // `tool_choice` left out (`auto`): the own model calls by itself.
+    let body = json!({"messages": messages, "tools": lookup_tools(), "temperature": 0});
     let (status, reply) = post(&server, "/chat/completions", &body).await;
     assert_eq!(status, 200, "{reply}");
     let choice = &reply["choices"][0];
@@ -636,6 +624,7 @@ async fn tools_round_trip_as_tool_calls_and_tool_messages_whole_and_streamed() {
     let called_item = arguments["item"]
         .as_str()
         .unwrap_or_else(|| panic!("{arguments}"));
+    assert_eq!(called_item, item, "the item copied from the question");
 
     // The result as rig sends it (content as parts, the call's arguments a string).
     let mut follow_up = messages.clone();
@@ -651,13 +640,15 @@ async fn tools_round_trip_as_tool_calls_and_tool_messages_whole_and_streamed() {
     assert_eq!(reply["choices"][0]["finish_reason"], "stop", "{reply}");
     let text = reply["choices"][0]["message"]["content"].as_str().unwrap();
     let fields = SignatureFields::of(&crate::ItemCode::new()).unwrap();
-    assert!(
-        parse_reply(&fields, text).unwrap()["code"].is_i64(),
+    assert_eq!(
+        parse_reply(&fields, text).unwrap()["code"],
+        json!(code_of(item)),
         "{text}"
     );
 
     // Streamed: no content, one delta with the call, then `tool_calls`.
-    let body = json!({"messages": messages, "tools": lookup_tools(), "tool_choice": "required", "temperature": 0, "stream": true});
+    let body =
+        json!({"messages": messages, "tools": lookup_tools(), "temperature": 0, "stream": true});
     let response = client()
         .post(format!("{}/chat/completions", server.base_url()))
         .json(&body)

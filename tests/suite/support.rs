@@ -54,3 +54,18 @@ extern "C" fn install_test_log() {
             .try_init();
     }
 }
+
+/// A DSPy prompt for an item's code (the own model's tool family), as
+/// dspy-rs's `ChatAdapter` writes it, in OpenAI messages.
+#[cfg(any(feature = "llamacpp", feature = "candle"))]
+pub fn item_code_messages(item: &str) -> Vec<serde_json::Value> {
+    use dspy_rs::adapter::Adapter as _;
+    let chat = dspy_rs::ChatAdapter.format(
+        &crate::ItemCode::new(),
+        dspy_rs::example! { "item": "input" => item.to_string() },
+    );
+    chat.messages
+        .iter()
+        .map(dspy_rs::Message::to_json)
+        .collect()
+}

@@ -2,7 +2,8 @@
 # Runs on the GPU machine, from the folder pack.sh made: every line of the
 # runs file (NAME then train-tiny flags) trains at once, the runs dealt
 # round-robin to the machine's GPUs, each logging to $OUT/NAME.log. LIMIT
-# (seconds, default 540) stops them all.
+# (seconds, default 540) stops them all. Paths in the runs file are read from
+# the pack folder (`--init ../models/dsrs-tiny.gguf`, or a file copied in).
 cd "$(dirname "$0")" || exit 1
 python3 -c "import lzma, shutil; shutil.copyfileobj(lzma.open('train-tiny.xz'), open('/tmp/train-tiny', 'wb'))" &&
     chmod +x /tmp/train-tiny

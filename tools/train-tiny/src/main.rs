@@ -65,6 +65,9 @@ struct Settings {
     heads: usize,
     ffn: usize,
     steps: usize,
+    /// Stop after this many steps of the `steps`-step schedule and write
+    /// the model (a first stage that a second, `--init`, goes on from).
+    stop_after: Option<usize>,
     batch: usize,
     learning_rate: f64,
     /// Weight of the arithmetic probe's loss on plain replies (`probe.rs`).
@@ -108,6 +111,7 @@ impl Default for Settings {
             heads: 4,
             ffn: 512,
             steps: 4000,
+            stop_after: None,
             batch: 16,
             learning_rate: 1.5e-3,
             probe_weight: 1.0,
@@ -148,6 +152,7 @@ impl Settings {
                 "--heads" => settings.heads = number()?,
                 "--ffn" => settings.ffn = number()?,
                 "--steps" => settings.steps = number()?,
+                "--stop-after" => settings.stop_after = Some(number()?),
                 "--batch" => settings.batch = number()?,
                 "--eval" => settings.eval = number()?,
                 "--learning-rate" => settings.learning_rate = value.parse()?,
@@ -434,7 +439,10 @@ async fn train(
     let started = Instant::now();
     let (mut loss_sum, mut loss_count, mut tokens_seen) = (0.0f64, 0usize, 0usize);
     let warmup = (settings.steps / 20).max(1);
-    for step in 0..settings.steps {
+    let last = settings
+        .stop_after
+        .map_or(settings.steps, |n| n.min(settings.steps));
+    for step in 0..last {
         if batches.is_empty() {
             batches = batch_sets
                 .recv()
@@ -452,7 +460,7 @@ async fn train(
         };
         loss_sum += stepper.step(batch, rate)?;
         loss_count += 1;
-        if (step + 1) % 50 == 0 || step + 1 == settings.steps {
+        if (step + 1) % 50 == 0 || step + 1 == last {
             let elapsed = started.elapsed().as_secs_f64();
             println!(
                 "step {:>5}/{}  loss {:.4}  lr {:.2e}  {:.0} tokens/s  {:.0}s",
