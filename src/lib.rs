@@ -51,6 +51,7 @@
 //! | `candle` (default) | `CandleAdapter` on candle |
 //! | `cuda` | CUDA builds of both backends (needs the CUDA toolkit) |
 //! | `vulkan` | Vulkan build of llama.cpp (candle has no Vulkan) |
+//! | `rocm` | ROCm (HIP) build of llama.cpp for AMD GPUs (candle runs on the CPU) |
 //! | `metal` | Metal builds of both backends (macOS) |
 //! | `server` (default) | the OpenAI-compatible server, `LocalAdapter::lm`, the `dsrs-local` binary |
 //! | `test-utils` | a scripted backend and a GGUF model writer for tests |

@@ -424,9 +424,13 @@ async fn main() -> anyhow::Result<()> {
     // candle on the same file (on CUDA with --gpu when the plan fits it
     // there; a GPU run leaves it out where it cannot run on the GPU, as in a
     // Vulkan build: a CPU row would compare nothing).
-    let candle_plan = pool.plan::<CandleModel>(&ModelSpec::gguf(&path))?;
-    if options.gpu && candle_plan.gpu_layers() == 0 {
-        println!("skipping candle: not on a GPU in this build\n{candle_plan}");
+    let cpu_only_plan = if options.gpu {
+        Some(pool.plan::<CandleModel>(&ModelSpec::gguf(&path))?).filter(|p| p.gpu_layers() == 0)
+    } else {
+        None
+    };
+    if let Some(plan) = cpu_only_plan {
+        println!("skipping candle: not on a GPU in this build\n{plan}");
     } else {
         let before = memory::resident();
         let candle_model: Arc<CandleModel> = if options.gpu {

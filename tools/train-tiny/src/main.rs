@@ -1,8 +1,11 @@
 //! Trains dsrs-local's own small model and writes it as a GGUF both backends load.
 //!
 //! ```text
-//! cargo run -p train-tiny -- --out models/dsrs-tiny.gguf
+//! cargo run -p train-tiny -- --out model.gguf     # one stage, on the CPU
 //! ```
+//!
+//! The committed model's two stages (`--stop-after`, then `--init`) are in
+//! `models/README.md`.
 //!
 //! 1. renders DSPy prompts for the task families of
 //!    `dsrs_local::testing::tasks` through the crate's prompt layer (half
