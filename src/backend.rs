@@ -133,6 +133,13 @@ impl TextStream {
     pub async fn next(&mut self) -> Option<String> {
         self.0.recv().await
     }
+
+    /// A piece already sent, without waiting: what is left once the
+    /// generation has returned (a backend that keeps a clone of the control
+    /// past its return would otherwise keep the stream open).
+    pub(crate) fn try_next(&mut self) -> Option<String> {
+        self.0.try_recv().ok()
+    }
 }
 
 /// Why generation ended.
@@ -229,6 +236,25 @@ pub trait Backend: Send + Sync + 'static {
     fn count_tokens(&self, prompt: &str) -> Result<usize> {
         Ok(self.loaded_model().tokenize_prompt(prompt)?.len())
     }
+
+    /// What the engine holds now and has done: how a caller checks that a
+    /// stopped or failed generation freed its sequence and cells.
+    fn stats(&self) -> EngineStats;
+}
+
+/// What an engine holds now and has done ([`Backend::stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EngineStats {
+    /// Generations running now (each on a sequence of the KV cache).
+    pub active_sequences: usize,
+    /// KV cells they reserve: prompt plus reply budget each.
+    pub reserved_cells: usize,
+    /// Tokens sampled since the engine started, all generations together.
+    pub sampled_tokens: usize,
+    /// The most generations that have run at once: how much batching a
+    /// workload actually got.
+    pub peak_sequences: usize,
 }
 
 /// Where a model goes when it loads: the part of a [`LoadPlan`](crate::pool::plan::LoadPlan)
@@ -236,10 +262,19 @@ pub trait Backend: Send + Sync + 'static {
 /// and every backend reads the same facts.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Placement {
-    /// The accelerator that takes the offloaded layers; `None` runs on the CPU.
+    /// The accelerator that takes the offloaded layers (the main one when
+    /// they are split over several); `None` runs on the CPU.
     pub device: Option<DeviceId>,
-    /// Repeating layers on that device.
+    /// Repeating layers on the accelerators, all of them together.
     pub gpu_layers: u32,
+    /// Several accelerators: each one's share of the offloaded layers, the
+    /// main one first (llama.cpp's `devices` and layer split). Empty when one
+    /// device takes them.
+    pub split: Vec<DeviceShare>,
+    /// Split each layer's matrices by rows across [`split`](Self::split)'s
+    /// devices instead of giving each device whole layers (llama.cpp's
+    /// `split_mode` row; the KV cache stays on the main device).
+    pub split_rows: bool,
     /// Layers in the model.
     pub total_layers: u32,
     /// Whether the output head is on the device too.
@@ -254,6 +289,8 @@ impl Placement {
         Placement {
             device: None,
             gpu_layers: 0,
+            split: Vec::new(),
+            split_rows: false,
             total_layers,
             output_on_device: false,
             context_length,
@@ -264,6 +301,15 @@ impl Placement {
     pub fn whole_model_on_device(&self) -> bool {
         self.device.is_some() && self.gpu_layers >= self.total_layers && self.output_on_device
     }
+}
+
+/// One device's share of a model split over several.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DeviceShare {
+    /// The device.
+    pub device: DeviceId,
+    /// Repeating layers it holds (with a row split: every layer's share of rows).
+    pub layers: u32,
 }
 
 /// A model type a backend loads from a GGUF file: what

@@ -81,8 +81,8 @@ pub mod testing;
 
 pub use adapter::{GenerationConfig, LocalAdapter};
 pub use backend::{
-    Backend, FinishReason, Generation, GenerationRequest, LoadModel, LocalModel, Placement,
-    Sampling, Timings,
+    Backend, DeviceShare, EngineStats, FinishReason, Generation, GenerationRequest, LoadModel,
+    LocalModel, Placement, Sampling, Timings,
 };
 pub use error::{Cause, Error, Result, TemplateStage};
 pub use hardware::{HardwareManager, HardwareProfile, compiled_backends};

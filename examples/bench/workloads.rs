@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use dspy_rs::{LM, Predict, Predictor, configure};
+use dsrs_local::Backend as _;
 use dsrs_local::server::{Server, ServerOptions};
 use dsrs_local::{GenerationConfig, LlamaCppAdapter, LlamaCppConfig, LlamaCppModel};
 use futures::StreamExt;
@@ -141,7 +142,7 @@ pub async fn run(
         configure(adapter.lm().await?, adapter.clone());
         let name = format!("LlamaCppAdapter, {sequences} sequence{}", plural(sequences));
         let row = dspy_row(&name, options, None).await?;
-        peak_sequences = peak_sequences.max(adapter.backend().peak_concurrency());
+        peak_sequences = peak_sequences.max(adapter.backend().stats().peak_sequences);
         ours.push((sequences, row.clone()));
         rows.push(row);
     }

@@ -27,7 +27,7 @@ use std::time::Instant;
 
 use crate::backend::LoadModel;
 use crate::gguf::GgufHeader;
-use crate::hardware::HardwareProfile;
+use crate::hardware::{DeviceId, HardwareProfile};
 use crate::lookup::ModelSource;
 use crate::{Error, Result};
 use plan::{DeviceBudget, LoadPlan, ModelFacts, PlanRequest};
@@ -46,6 +46,8 @@ pub struct ModelSpec {
     pub cpu_only: bool,
     /// Cap on the GPU memory this load may use, in bytes.
     pub memory_limit: Option<u64>,
+    /// Split a model that needs several GPUs by rows instead of by layers.
+    pub split_rows: bool,
 }
 
 impl ModelSpec {
@@ -82,6 +84,7 @@ impl ModelSpec {
             pin_context: false,
             cpu_only: false,
             memory_limit: None,
+            split_rows: false,
         }
     }
     /// Asks for a context length (lowered if it does not fit).
@@ -109,6 +112,13 @@ impl ModelSpec {
         self.memory_limit = Some(bytes);
         self
     }
+    /// When the model needs several GPUs, splits every layer's rows across
+    /// them (llama.cpp's `split_mode` row) instead of giving each whole layers.
+    #[must_use]
+    pub fn with_row_split(mut self) -> Self {
+        self.split_rows = true;
+        self
+    }
 
     fn plan_request<M: LoadModel>(&self) -> PlanRequest {
         PlanRequest {
@@ -117,6 +127,7 @@ impl ModelSpec {
             cpu_only: self.cpu_only,
             memory_limit: self.memory_limit,
             whole_model_only: !M::SPLITS_LAYERS,
+            split_rows: self.split_rows,
         }
     }
 }
@@ -146,6 +157,7 @@ struct LoadKey {
     pin_context: bool,
     cpu_only: bool,
     memory_limit: Option<u64>,
+    split_rows: bool,
 }
 
 impl LoadKey {
@@ -157,6 +169,7 @@ impl LoadKey {
             pin_context: spec.pin_context,
             cpu_only: spec.cpu_only,
             memory_limit: spec.memory_limit,
+            split_rows: spec.split_rows,
         }
     }
 }
@@ -239,18 +252,46 @@ impl ModelPool {
         self.plan_header::<M>(&header, spec)
     }
 
-    /// Plans for the devices backend `M` can drive; the others are named in
-    /// the plan's reasons.
+    /// GPU bytes the models this pool has loaded take on each device, from
+    /// their plans (the profile's free memory was read before they loaded).
+    fn taken_on_gpus(&self) -> Result<HashMap<DeviceId, u64>> {
+        let slots: Vec<Arc<Slot>> = self
+            .slots
+            .lock()
+            .map_err(poisoned)?
+            .values()
+            .cloned()
+            .collect();
+        let mut taken = HashMap::new();
+        for slot in slots {
+            if let Some(meta) = slot.meta.lock().map_err(poisoned)?.as_ref() {
+                for device in &meta.plan.devices {
+                    *taken.entry(device.id).or_insert(0) += device.bytes();
+                }
+            }
+        }
+        Ok(taken)
+    }
+
+    /// Plans for the devices backend `M` can drive, with what the pool's
+    /// loaded models leave free on each (so a second model goes where
+    /// memory is freest); the devices it cannot drive are named in the
+    /// plan's reasons.
     fn plan_header<M: LoadModel>(&self, header: &GgufHeader, spec: &ModelSpec) -> Result<LoadPlan> {
         let facts = ModelFacts::from_header(header)?;
+        let taken = self.taken_on_gpus()?;
         let mut skipped = Vec::new();
         let mut gpus = Vec::new();
         for accelerator in self.profile.usable_accelerators() {
             if M::drives(accelerator.kind) {
+                let id = accelerator.id();
                 gpus.push(DeviceBudget {
-                    id: accelerator.id(),
+                    id,
                     name: accelerator.label(),
-                    available: accelerator.memory.available(),
+                    available: accelerator
+                        .memory
+                        .available()
+                        .saturating_sub(taken.get(&id).copied().unwrap_or(0)),
                 });
             } else {
                 skipped.push(format!(
@@ -317,7 +358,7 @@ impl ModelPool {
     ) -> Result<Loaded> {
         let header = GgufHeader::read(&key.path)?;
         let plan = self.plan_header::<M>(&header, spec)?;
-        let bytes = plan.gpu_bytes() + plan.host_bytes;
+        let bytes = plan.gpu_bytes().saturating_add(plan.host_bytes);
         self.make_room(bytes, key)?;
         tracing::info!(path = %key.path.display(), backend = M::BACKEND, %plan, "loading");
         let model = M::load_placed(&header, &plan.placement)?;

@@ -8,11 +8,17 @@
 //! - a discrete GPU keeps 1 GiB free (llama.cpp's `--fit` margin); unified
 //!   memory and the CPU keep 1 GiB of their budget free too;
 //! - when everything does not fit, the context is lowered (down to 2048 or the
-//!   trained length) before layers leave the GPU, as `--fit` does.
+//!   trained length) before layers leave the GPU, as `--fit` does;
+//! - several GPUs: a model that fits on the freest alone stays there (no
+//!   traffic between cards); one that does not is split over all of them in
+//!   proportion to their usable memory, as llama.cpp splits by default (whole
+//!   layers, the output head with the last; or every layer's rows, with the
+//!   KV cache and compute buffer on the main GPU), each device's weights, KV
+//!   cache and compute buffer checked against its own memory.
 
 use std::fmt;
 
-use crate::backend::Placement;
+use crate::backend::{DeviceShare, Placement};
 use crate::gguf::GgufHeader;
 use crate::hardware::DeviceId;
 use crate::{Error, Result};
@@ -128,20 +134,24 @@ impl ModelFacts {
     }
 
     /// KV cache bytes for one token, all layers, f16 keys and values.
+    /// (Saturating, like the other sizes: a header's numbers are bounded
+    /// one by one, not their product, and too large simply does not fit.)
     pub fn kv_bytes_per_token(&self) -> u64 {
-        2 * u64::from(self.layers) * self.kv_heads * self.head_dim * 2
+        product(&[2, u64::from(self.layers), self.kv_heads, self.head_dim, 2])
     }
 
     /// KV cache bytes of `context` tokens.
     pub fn kv_bytes(&self, context: u32) -> u64 {
-        self.kv_bytes_per_token() * u64::from(context)
+        self.kv_bytes_per_token().saturating_mul(u64::from(context))
     }
 
     /// The compute buffer for a batch of `batch` tokens over `context` tokens.
     pub fn compute_bytes(&self, context: u32, batch: u32) -> u64 {
         let b = u64::from(batch);
-        let attention = 4 * b * (1 + 4 * self.embedding + u64::from(context) * (1 + self.heads));
-        let logits = 4 * b * (self.embedding + self.vocab);
+        let scores = product(&[u64::from(context), self.heads.saturating_add(1)]);
+        let width = product(&[4, self.embedding]).saturating_add(1);
+        let attention = product(&[4, b, width.saturating_add(scores)]);
+        let logits = product(&[4, b, self.embedding.saturating_add(self.vocab)]);
         attention.max(logits)
     }
 
@@ -149,6 +159,16 @@ impl ModelFacts {
     pub fn weight_bytes(&self) -> u64 {
         self.layer_bytes.iter().sum::<u64>() + self.output_bytes + self.embedding_bytes
     }
+}
+
+/// Bytes of layers `start..end` (none past the table's end).
+fn layer_sum(model: &ModelFacts, start: usize, end: usize) -> u64 {
+    let count = end.saturating_sub(start);
+    model.layer_bytes.iter().skip(start).take(count).sum()
+}
+
+fn product(factors: &[u64]) -> u64 {
+    factors.iter().fold(1, |a, &b| a.saturating_mul(b))
 }
 
 /// Memory of a device as sizing sees it.
@@ -160,6 +180,36 @@ pub struct DeviceBudget {
     pub name: String,
     /// Bytes that may be used now (free memory, or the unified budget).
     pub available: u64,
+}
+
+/// One GPU's part of a plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DevicePlan {
+    /// Which device.
+    pub id: DeviceId,
+    /// Display name.
+    pub name: String,
+    /// Repeating layers it holds (a row split: every offloaded layer's share).
+    pub layers: u32,
+    /// Whether it holds the output head.
+    pub output: bool,
+    /// Its weight bytes.
+    pub weight_bytes: u64,
+    /// Its KV cache bytes.
+    pub kv_bytes: u64,
+    /// Its compute buffer.
+    pub compute_bytes: u64,
+    /// What it had available.
+    pub available: u64,
+}
+
+impl DevicePlan {
+    /// Bytes in all on this device.
+    pub fn bytes(&self) -> u64 {
+        self.weight_bytes
+            .saturating_add(self.kv_bytes)
+            .saturating_add(self.compute_bytes)
+    }
 }
 
 /// The caller's wishes.
@@ -176,6 +226,9 @@ pub struct PlanRequest {
     /// The backend runs a model whole on one device (candle): a GPU gets
     /// every layer or none.
     pub whole_model_only: bool,
+    /// A model split over several GPUs is split by rows (every layer's
+    /// matrices across all of them) instead of by whole layers.
+    pub split_rows: bool,
 }
 
 /// A sizing decision.
@@ -183,21 +236,24 @@ pub struct PlanRequest {
 pub struct LoadPlan {
     /// What the backend reads: device, layers on it, context.
     pub placement: Placement,
-    /// The device's display name, if a device is used.
+    /// The (main) device's display name, if a device is used.
     pub device_name: Option<String>,
+    /// What each GPU takes: one entry, or one per GPU of a split; empty on
+    /// the CPU.
+    pub devices: Vec<DevicePlan>,
     /// Context length.
     pub context: u32,
     /// Prompt batch size.
     pub batch: u32,
     /// KV cache element type.
     pub kv_type: &'static str,
-    /// Weights on the GPU.
+    /// Weights on the GPUs, all of them together.
     pub gpu_weight_bytes: u64,
-    /// KV cache bytes on the GPU.
+    /// KV cache bytes on the GPUs.
     pub gpu_kv_bytes: u64,
-    /// Compute buffer on the GPU.
+    /// Compute buffers on the GPUs.
     pub gpu_compute_bytes: u64,
-    /// What the device had available.
+    /// What the devices had available.
     pub gpu_available: u64,
     /// Host memory for weights, the KV cache of CPU layers and the compute buffer.
     pub host_bytes: u64,
@@ -210,7 +266,9 @@ pub struct LoadPlan {
 impl LoadPlan {
     /// GPU bytes in all.
     pub fn gpu_bytes(&self) -> u64 {
-        self.gpu_weight_bytes + self.gpu_kv_bytes + self.gpu_compute_bytes
+        self.gpu_weight_bytes
+            .saturating_add(self.gpu_kv_bytes)
+            .saturating_add(self.gpu_compute_bytes)
     }
 
     /// Repeating layers on the GPU.
@@ -234,8 +292,8 @@ fn gib(bytes: u64) -> String {
 
 impl fmt::Display for LoadPlan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.device_name {
-            Some(device) => write!(
+        match (&self.device_name, self.devices.len()) {
+            (Some(device), 0 | 1) => write!(
                 f,
                 "{}/{} layers on {device}: weights {}, KV {} at {} ctx, compute {}, {} free",
                 self.gpu_layers(),
@@ -246,7 +304,38 @@ impl fmt::Display for LoadPlan {
                 gib(self.gpu_compute_bytes),
                 gib(self.gpu_available)
             )?,
-            None => write!(
+            (Some(_), gpus) => {
+                write!(
+                    f,
+                    "{}/{} layers on {gpus} GPUs, split by {}: weights {}, KV {} at {} ctx, compute {}, {} free",
+                    self.gpu_layers(),
+                    self.total_layers(),
+                    if self.placement.split_rows {
+                        "rows"
+                    } else {
+                        "layers"
+                    },
+                    gib(self.gpu_weight_bytes),
+                    gib(self.gpu_kv_bytes),
+                    self.context,
+                    gib(self.gpu_compute_bytes),
+                    gib(self.gpu_available)
+                )?;
+                for device in &self.devices {
+                    write!(
+                        f,
+                        "\n    {}: {} layers{}, weights {}, KV {}, compute {} of {} free",
+                        device.name,
+                        device.layers,
+                        if device.output { " and the output" } else { "" },
+                        gib(device.weight_bytes),
+                        gib(device.kv_bytes),
+                        gib(device.compute_bytes),
+                        gib(device.available)
+                    )?;
+                }
+            }
+            (None, _) => write!(
                 f,
                 "0/{} layers on a GPU (CPU only): {} of host memory at {} ctx, {} available",
                 self.total_layers(),
@@ -262,8 +351,110 @@ impl fmt::Display for LoadPlan {
     }
 }
 
-/// Plans a load of `model` on the best of `gpus` (most available memory)
-/// with `host_available` bytes of RAM.
+/// A GPU as the planner uses it: its budget and the bytes it may take.
+struct Usable<'a> {
+    gpu: &'a DeviceBudget,
+    usable: u64,
+}
+
+/// How the offloaded part of a model spreads over devices.
+struct Layout<'a, 'g> {
+    model: &'a ModelFacts,
+    /// Main device first.
+    gpus: &'a [Usable<'g>],
+    context: u32,
+    batch: u32,
+    rows: bool,
+}
+
+impl Layout<'_, '_> {
+    /// Each device's part when the last `layers` repeating layers (llama.cpp
+    /// offloads from the end) and, with `output`, the head are on the GPUs.
+    fn place(&self, layers: u32, output: bool) -> Vec<DevicePlan> {
+        let model = self.model;
+        let total: u64 = self.gpus.iter().map(|g| g.usable).sum::<u64>().max(1);
+        let first = (model.layers - layers.min(model.layers)) as usize;
+        let per_layer_kv = model.kv_bytes(self.context) / u64::from(model.layers.max(1));
+        let compute = model.compute_bytes(self.context, self.batch.min(self.context));
+        let offloaded = layer_sum(model, first, model.layers as usize)
+            + if output { model.output_bytes } else { 0 };
+        let mut plans = Vec::with_capacity(self.gpus.len());
+        let (mut share, mut start) = (0u64, first);
+        for (index, device) in self.gpus.iter().enumerate() {
+            let is_main = index == 0;
+            let is_last = index + 1 == self.gpus.len();
+            share += device.usable;
+            // Cumulative rounding, so the counts add up to `layers`.
+            let end = if is_last {
+                model.layers as usize
+            } else {
+                first + (u64::from(layers) * share / total) as usize
+            };
+            let (count, weight_bytes, kv_bytes, compute_bytes) = if self.rows {
+                let weights =
+                    (u128::from(offloaded) * u128::from(device.usable) / u128::from(total)) as u64;
+                let kv = if is_main {
+                    per_layer_kv * u64::from(layers)
+                } else {
+                    0
+                };
+                (layers, weights, kv, if is_main { compute } else { 0 })
+            } else {
+                let count = end.saturating_sub(start) as u32;
+                let head = if output && is_last {
+                    model.output_bytes
+                } else {
+                    0
+                };
+                let weights = layer_sum(model, start, end) + head;
+                let buffer = if count > 0 || is_main { compute } else { 0 };
+                (
+                    count,
+                    weights,
+                    per_layer_kv.saturating_mul(u64::from(count)),
+                    buffer,
+                )
+            };
+            plans.push(DevicePlan {
+                id: device.gpu.id,
+                name: device.gpu.name.clone(),
+                layers: count,
+                output: output && (self.rows || is_last),
+                weight_bytes,
+                kv_bytes,
+                compute_bytes,
+                available: device.gpu.available,
+            });
+            start = end.max(start);
+        }
+        plans
+    }
+
+    /// Whether every device's part fits in its usable memory.
+    fn fits(&self, plans: &[DevicePlan]) -> bool {
+        plans
+            .iter()
+            .zip(self.gpus)
+            .all(|(plan, gpu)| plan.bytes() <= gpu.usable)
+    }
+
+    /// The most trailing layers that fit, with the head when all do.
+    fn most_that_fit(&self) -> Option<(u32, Vec<DevicePlan>)> {
+        let whole = self.place(self.model.layers, true);
+        if self.fits(&whole) {
+            return Some((self.model.layers, whole));
+        }
+        (1..=self.model.layers).rev().find_map(|layers| {
+            let plans = self.place(layers, false);
+            self.fits(&plans).then_some((layers, plans))
+        })
+    }
+}
+
+/// Plans a load of `model` with `host_available` bytes of RAM: on the GPU
+/// with the most available memory when the model fits there, else split
+/// over all of `gpus` (a backend that splits layers), else partly on the
+/// GPU(s) and partly on the CPU.
 pub fn plan(
     model: &ModelFacts,
     gpus: &[DeviceBudget],
@@ -285,119 +476,185 @@ pub fn plan(
     let batch = DEFAULT_BATCH.min(context);
     let host_weights = model.weight_bytes();
 
-    let gpu = if request.cpu_only {
+    // The GPUs, freest first, each with what it may take.
+    let mut sorted: Vec<&DeviceBudget> = gpus.iter().collect();
+    sorted.sort_by_key(|gpu| std::cmp::Reverse(gpu.available));
+    if request.cpu_only {
         reasons.push("CPU only, as asked".into());
-        None
-    } else {
-        let best = gpus.iter().max_by_key(|g| g.available);
-        if best.is_none() {
-            reasons.push(
-                "no GPU this build can use (none detected, or its backend is not compiled in)"
-                    .into(),
-            );
+        sorted.clear();
+    } else if sorted.is_empty() {
+        reasons.push(
+            "no GPU this build can use (none detected, or its backend is not compiled in)".into(),
+        );
+    }
+    let mut usable: Vec<Usable> = sorted
+        .iter()
+        .map(|gpu| Usable {
+            gpu,
+            usable: gpu.available.saturating_sub(SAFETY_MARGIN),
+        })
+        .collect();
+    let all_usable: u64 = usable.iter().map(|u| u.usable).sum();
+    if let Some(limit) = request.memory_limit
+        && limit < all_usable
+    {
+        reasons.push(format!("memory limit {} applies", gib(limit)));
+        // Shared out in proportion, so the split keeps its shape.
+        for device in &mut usable {
+            device.usable =
+                (u128::from(device.usable) * u128::from(limit) / u128::from(all_usable)) as u64;
         }
-        best
-    };
+    }
+    let may_split = usable.len() > 1 && !request.whole_model_only;
 
-    if let Some(gpu) = gpu {
-        // Lowering the context for the GPU does not carry over to the CPU fallback.
+    if let Some(best) = usable.first() {
+        // Lowering the context for the GPUs does not carry over to the CPU fallback.
         let mut context = context;
-        let mut usable = gpu.available.saturating_sub(SAFETY_MARGIN);
-        if let Some(limit) = request.memory_limit
-            && limit < usable
-        {
-            reasons.push(format!("memory limit {} applies", gib(limit)));
-            usable = limit;
-        }
-        let layer_total: u64 = model.layer_bytes.iter().sum();
-        let full = |ctx: u32| {
-            layer_total
-                + model.output_bytes
-                + model.kv_bytes(ctx)
-                + model.compute_bytes(ctx, batch.min(ctx))
+        let margin = |u: &Usable| {
+            format!(
+                "{} usable ({} free − 1 GiB margin)",
+                gib(u.usable),
+                gib(u.gpu.available)
+            )
         };
-        // Lower the context before dropping layers.
-        while full(context) > usable && !request.pin_context && context > floor {
+        let layout = |gpus, context, rows| Layout {
+            model,
+            gpus,
+            context,
+            batch,
+            rows,
+        };
+        let alone = std::slice::from_ref(best);
+        let rows = request.split_rows;
+        // The whole model: on the freest GPU alone, else split; the context
+        // is lowered before layers leave the GPUs.
+        let whole = loop {
+            let single = layout(alone, context, false).place(model.layers, true);
+            if layout(alone, context, false).fits(&single) {
+                reasons.push(format!(
+                    "all {} layers and the output fit in {}{}",
+                    model.layers,
+                    margin(best),
+                    if may_split {
+                        format!(" on {} alone", best.gpu.name)
+                    } else {
+                        String::new()
+                    }
+                ));
+                break Some((alone, single));
+            }
+            if may_split {
+                let split = layout(&usable, context, rows).place(model.layers, true);
+                if layout(&usable, context, rows).fits(&split) {
+                    reasons.push(format!(
+                        "the model does not fit on {} alone ({}); split by {} over {} GPUs in proportion to their usable memory",
+                        best.gpu.name,
+                        margin(best),
+                        if rows { "rows" } else { "layers" },
+                        usable.len()
+                    ));
+                    break Some((usable.as_slice(), split));
+                }
+            }
+            if request.pin_context || context <= floor {
+                break None;
+            }
             let lowered = (context / 2).max(floor);
             reasons.push(format!(
-                "context {context} does not fit with every layer on the GPU; lowered to {lowered}"
+                "context {context} does not fit with every layer on the GPU{}; lowered to {lowered}",
+                if may_split { "s" } else { "" }
             ));
             context = lowered;
-        }
-        let compute = model.compute_bytes(context, batch.min(context));
-        let (gpu_layers, output_on_gpu) = if full(context) <= usable {
-            reasons.push(format!(
-                "all {} layers and the output fit in {} usable ({} free − 1 GiB margin)",
-                model.layers,
-                gib(usable),
-                gib(gpu.available)
-            ));
-            (model.layers, true)
-        } else if request.whole_model_only {
-            reasons.push(format!(
-                "the whole model does not fit in {} usable on {}, and this backend runs a model on one device",
-                gib(usable),
-                gpu.name
-            ));
-            (0, false)
-        } else {
-            let per_token_per_layer = model.kv_bytes_per_token() / u64::from(model.layers.max(1));
-            let mut left = usable.saturating_sub(compute);
-            let mut layers = 0;
-            for bytes in &model.layer_bytes {
-                let cost = bytes + per_token_per_layer * u64::from(context);
-                if cost > left {
-                    break;
-                }
-                left -= cost;
-                layers += 1;
-            }
-            reasons.push(format!(
-                "only {layers}/{} layers fit in {} usable ({} free − 1 GiB margin); the rest run on the CPU",
-                model.layers,
-                gib(usable),
-                gib(gpu.available)
-            ));
-            (layers, false)
         };
-        if gpu_layers > 0 {
-            let layer_bytes: u64 = model.layer_bytes.iter().take(gpu_layers as usize).sum();
-            let gpu_weight_bytes = layer_bytes + if output_on_gpu { model.output_bytes } else { 0 };
-            let per_layer_kv = model.kv_bytes(context) / u64::from(model.layers.max(1));
-            let gpu_kv_bytes = per_layer_kv * u64::from(gpu_layers);
-            let host_bytes =
-                host_weights - gpu_weight_bytes + (model.kv_bytes(context) - gpu_kv_bytes);
+        let placed = match whole {
+            Some((devices, plans)) => Some((devices, model.layers, true, plans)),
+            None if request.whole_model_only => {
+                reasons.push(format!(
+                    "the whole model does not fit in {} on {}, the freest GPU, and this backend runs a model on one device",
+                    margin(best),
+                    best.gpu.name
+                ));
+                None
+            }
+            None => {
+                let devices = if may_split { usable.as_slice() } else { alone };
+                let partial = layout(devices, context, rows && may_split).most_that_fit();
+                match partial {
+                    Some((layers, plans)) => {
+                        reasons.push(if may_split {
+                            format!(
+                                "only {layers}/{} layers fit on {} GPUs ({} usable in all); the rest run on the CPU",
+                                model.layers,
+                                devices.len(),
+                                gib(devices.iter().map(|d| d.usable).sum())
+                            )
+                        } else {
+                            format!(
+                                "only {layers}/{} layers fit in {}; the rest run on the CPU",
+                                model.layers,
+                                margin(best)
+                            )
+                        });
+                        Some((devices, layers, false, plans))
+                    }
+                    None => {
+                        reasons.push("no layer fits on the GPU".into());
+                        None
+                    }
+                }
+            }
+        };
+        if let Some((devices, gpu_layers, output_on_gpu, plans)) = placed {
+            let sum = |f: fn(&DevicePlan) -> u64| plans.iter().map(f).fold(0, u64::saturating_add);
+            let gpu_weight_bytes = sum(|p| p.weight_bytes);
+            let gpu_kv_bytes = sum(|p| p.kv_bytes);
+            let host_bytes = (host_weights - gpu_weight_bytes)
+                .saturating_add(model.kv_bytes(context).saturating_sub(gpu_kv_bytes));
             check_host(host_bytes, host_available, model, context)?;
+            let split = if plans.len() > 1 {
+                plans
+                    .iter()
+                    .map(|p| DeviceShare {
+                        device: p.id,
+                        layers: p.layers,
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
             return Ok(LoadPlan {
                 placement: Placement {
-                    device: Some(gpu.id),
+                    device: Some(devices[0].gpu.id),
                     gpu_layers,
+                    split,
+                    split_rows: rows && plans.len() > 1,
                     total_layers: model.layers,
                     output_on_device: output_on_gpu,
                     context_length: context as usize,
                 },
-                device_name: Some(gpu.name.clone()),
+                device_name: Some(devices[0].gpu.name.clone()),
                 context,
                 batch: batch.min(context),
                 kv_type: "f16",
                 gpu_weight_bytes,
                 gpu_kv_bytes,
-                gpu_compute_bytes: compute,
-                gpu_available: gpu.available,
+                gpu_compute_bytes: sum(|p| p.compute_bytes),
+                gpu_available: devices.iter().map(|d| d.gpu.available).sum(),
+                devices: plans,
                 host_bytes,
                 host_available,
                 reasons,
             });
         }
-        if !request.whole_model_only {
-            reasons.push("no layer fits on the GPU".into());
-        }
     }
 
     // CPU only.
     let usable = host_available.saturating_sub(SAFETY_MARGIN);
-    let host =
-        |ctx: u32| host_weights + model.kv_bytes(ctx) + model.compute_bytes(ctx, batch.min(ctx));
+    let host = |ctx: u32| {
+        host_weights
+            .saturating_add(model.kv_bytes(ctx))
+            .saturating_add(model.compute_bytes(ctx, batch.min(ctx)))
+    };
     while host(context) > usable && !request.pin_context && context > floor {
         let lowered = (context / 2).max(floor);
         reasons.push(format!(
@@ -410,6 +667,7 @@ pub fn plan(
     Ok(LoadPlan {
         placement: Placement::cpu(model.layers, context as usize),
         device_name: None,
+        devices: Vec::new(),
         context,
         batch: batch.min(context),
         kv_type: "f16",
@@ -634,6 +892,209 @@ mod tests {
         );
         let plan = plan_with(&qwen_0_5b(), &gpu(80), &whole);
         assert!(plan.placement.whole_model_on_device(), "{plan}");
+    }
+
+    /// Llama-3.1-8B in F16: 32 layers of 416 MiB, a 1002 MiB output head.
+    fn llama_8b_f16() -> ModelFacts {
+        ModelFacts {
+            layer_bytes: vec![416 * MIB; 32],
+            output_bytes: 1002 * MIB,
+            embedding_bytes: 1002 * MIB,
+            ..llama_8b_q4()
+        }
+    }
+
+    fn cards(sizes_gib: &[u64]) -> Vec<DeviceBudget> {
+        sizes_gib
+            .iter()
+            .enumerate()
+            .map(|(index, gib)| DeviceBudget {
+                id: DeviceId {
+                    kind: crate::hardware::AcceleratorKind::Cuda,
+                    index: index as u32,
+                },
+                name: format!("CUDA{index} (test GPU)"),
+                available: gib * GIB,
+            })
+            .collect()
+    }
+
+    /// Every device's part fits its usable memory, the shares add up, and
+    /// the plan's sums are the devices'.
+    fn check_split(plan: &LoadPlan) {
+        assert!(plan.devices.len() > 1, "{plan}");
+        for device in &plan.devices {
+            assert!(device.bytes() <= device.available - GIB, "{plan}");
+        }
+        let shares: u32 = plan.placement.split.iter().map(|s| s.layers).sum();
+        if !plan.placement.split_rows {
+            assert_eq!(shares, plan.gpu_layers(), "{plan}");
+        }
+        let sum = |f: fn(&DevicePlan) -> u64| plan.devices.iter().map(f).sum::<u64>();
+        assert_eq!(plan.gpu_weight_bytes, sum(|d| d.weight_bytes));
+        assert_eq!(plan.gpu_kv_bytes, sum(|d| d.kv_bytes));
+        assert_eq!(plan.gpu_bytes(), sum(DevicePlan::bytes));
+    }
+
+    #[test]
+    fn an_8b_f16_model_that_fits_no_card_alone_is_split_over_two() {
+        // At a pinned 65 536 tokens: 13 GiB of layers, 1 GiB of head, 8 GiB of
+        // KV and the compute buffer: more than one 24 GiB card's 23 usable.
+        let pinned = PlanRequest {
+            context: Some(65_536),
+            pin_context: true,
+            ..PlanRequest::default()
+        };
+        let plan = plan(&llama_8b_f16(), &cards(&[24, 24]), 64 * GIB, &pinned).unwrap();
+        check_split(&plan);
+        assert_eq!(plan.context, 65_536);
+        assert!(plan.placement.whole_model_on_device(), "{plan}");
+        let layers: Vec<u32> = plan.devices.iter().map(|d| d.layers).collect();
+        assert_eq!(layers, [16, 16], "equal cards, equal halves");
+        assert!(
+            plan.devices[1].output && !plan.devices[0].output,
+            "the head goes with the last layer"
+        );
+        assert_eq!(plan.placement.device, Some(plan.devices[0].id));
+        let text = plan.to_string();
+        assert!(
+            text.starts_with("32/32 layers on 2 GPUs, split by layers"),
+            "{text}"
+        );
+        assert!(
+            text.contains("CUDA1 (test GPU): 16 layers and the output"),
+            "{text}"
+        );
+        assert!(
+            text.contains("does not fit on CUDA0 (test GPU) alone"),
+            "{text}"
+        );
+
+        // At the default 8192 tokens it fits one card: no split.
+        let plan = plan_with(&llama_8b_f16(), &cards(&[24, 24]), &PlanRequest::default());
+        assert!(plan.placement.split.is_empty(), "{plan}");
+        assert_eq!(plan.devices.len(), 1);
+    }
+
+    #[test]
+    fn mixed_cards_take_layers_in_proportion_to_their_memory() {
+        let pinned = PlanRequest {
+            context: Some(65_536),
+            pin_context: true,
+            ..PlanRequest::default()
+        };
+        let plan = plan(&llama_8b_f16(), &cards(&[16, 24]), 64 * GIB, &pinned).unwrap();
+        check_split(&plan);
+        // The freest card is the main one and comes first: 23 of 38 usable
+        // GiB, so 32 × 23 / 38 = 19.4 → 19 layers, and 13 on the other.
+        assert_eq!(plan.devices[0].name, "CUDA1 (test GPU)");
+        assert_eq!(
+            plan.devices.iter().map(|d| d.layers).collect::<Vec<_>>(),
+            [19, 13]
+        );
+        assert!(plan.placement.whole_model_on_device());
+    }
+
+    #[test]
+    fn a_pinned_context_too_large_for_every_card_keeps_some_layers_on_the_cpu() {
+        let pinned = PlanRequest {
+            context: Some(131_072),
+            pin_context: true,
+            ..PlanRequest::default()
+        };
+        let plan = plan(&llama_8b_f16(), &cards(&[12, 12]), 128 * GIB, &pinned).unwrap();
+        check_split(&plan);
+        assert_eq!(plan.context, 131_072);
+        assert!(plan.gpu_layers() > 0 && plan.gpu_layers() < 32, "{plan}");
+        assert!(!plan.placement.output_on_device);
+        assert!(
+            plan.reasons
+                .iter()
+                .any(|r| r.contains("layers fit on 2 GPUs")),
+            "{plan}"
+        );
+        // Adding a layer would overflow a card.
+        let (model, gpus) = (llama_8b_f16(), cards(&[12, 12]));
+        let usable: Vec<Usable> = gpus
+            .iter()
+            .map(|gpu| Usable {
+                gpu,
+                usable: gpu.available - GIB,
+            })
+            .collect();
+        let more = Layout {
+            model: &model,
+            gpus: &usable,
+            context: 131_072,
+            batch: DEFAULT_BATCH,
+            rows: false,
+        };
+        let plans = more.place(plan.gpu_layers() + 1, false);
+        assert!(!more.fits(&plans));
+    }
+
+    #[test]
+    fn a_row_split_shares_every_layer_and_keeps_the_cache_on_the_main_card() {
+        let rows = PlanRequest {
+            context: Some(65_536),
+            pin_context: true,
+            split_rows: true,
+            ..PlanRequest::default()
+        };
+        let plan = plan(&llama_8b_f16(), &cards(&[24, 24]), 64 * GIB, &rows).unwrap();
+        check_split(&plan);
+        assert!(plan.placement.split_rows);
+        assert_eq!(plan.devices[0].kv_bytes, llama_8b_f16().kv_bytes(65_536));
+        assert_eq!(plan.devices[1].kv_bytes, 0);
+        assert!(plan.devices.iter().all(|d| d.layers == 32));
+        assert!(plan.to_string().contains("split by rows"), "{plan}");
+    }
+
+    #[test]
+    fn a_whole_model_backend_takes_the_freest_card_that_fits_never_a_split() {
+        let whole = PlanRequest {
+            whole_model_only: true,
+            ..PlanRequest::default()
+        };
+        let freest = plan_with(&llama_8b_q4(), &cards(&[4, 12]), &whole);
+        assert_eq!(freest.placement.device, Some(cards(&[4, 12])[1].id));
+        assert!(freest.placement.whole_model_on_device() && freest.placement.split.is_empty());
+        // No card holds the F16 model at a pinned 131 072 tokens: the CPU.
+        let pinned = PlanRequest {
+            context: Some(131_072),
+            pin_context: true,
+            ..whole
+        };
+        let plan = plan(&llama_8b_f16(), &cards(&[24, 24]), 128 * GIB, &pinned).unwrap();
+        assert_eq!(plan.placement.device, None);
+        assert!(
+            plan.reasons
+                .iter()
+                .any(|r| r.contains("runs a model on one device")),
+            "{plan}"
+        );
+    }
+
+    #[test]
+    fn numbers_too_large_for_any_machine_are_an_error_not_an_overflow() {
+        let absurd = ModelFacts {
+            layers: 4096,
+            embedding: 1 << 20,
+            heads: 1 << 20,
+            kv_heads: 1 << 20,
+            head_dim: 1 << 20,
+            vocab: u64::MAX,
+            trained_context: u32::MAX,
+            ..llama_8b_q4()
+        };
+        let err = plan(
+            &absurd,
+            &cards(&[80, 80]),
+            64 * GIB,
+            &PlanRequest::default(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, Error::InsufficientMemory { .. }), "{err}");
     }
 
     fn plan_with(model: &ModelFacts, gpus: &[DeviceBudget], request: &PlanRequest) -> LoadPlan {

@@ -41,6 +41,16 @@ pub const GEMMA_TEMPLATE: &str = "{{ bos_token }}\
 
 const TEMPLATE_NAME: &str = "chat";
 
+/// What one render may do. Templates come inside model files downloaded
+/// from strangers: a loop without end, runaway recursion or a flood of
+/// output becomes a [`TemplateStage::Render`] error instead of a hang, a
+/// stack overflow or an exhausted memory. Real templates render a
+/// 1024-message conversation with tools in well under 1 % of the fuel
+/// (tested), and no prompt a context can hold comes near the output limit.
+const TEMPLATE_FUEL: u64 = 50_000_000;
+const TEMPLATE_RECURSION: usize = 100;
+const TEMPLATE_MAX_OUTPUT: usize = 64 << 20;
+
 /// ChatML that renders tools, calls and results as Qwen2.5's template does
 /// (without Qwen's default system line): the template of the crate's own
 /// model. With no tools it renders exactly as [`CHATML_TEMPLATE`].
@@ -222,6 +232,8 @@ impl ChatTemplate {
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
+        env.set_fuel(Some(TEMPLATE_FUEL));
+        env.set_recursion_limit(TEMPLATE_RECURSION);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function(
             "raise_exception",
@@ -421,15 +433,45 @@ impl ChatTemplate {
             .env
             .get_template(TEMPLATE_NAME)
             .map_err(|e| template_error(TemplateStage::Render, e))?;
+        let mut output = BoundedOutput(Vec::new());
         template
-            .render(context! {
-                messages => messages,
-                tools => tools,
-                add_generation_prompt => add_generation_prompt,
-                bos_token => self.bos_token,
-                eos_token => self.eos_token,
-            })
-            .map_err(|e| template_error(TemplateStage::Render, e))
+            .render_captured_to(
+                context! {
+                    messages => messages,
+                    tools => tools,
+                    add_generation_prompt => add_generation_prompt,
+                    bos_token => self.bos_token,
+                    eos_token => self.eos_token,
+                },
+                &mut output,
+            )
+            .map_err(|e| template_error(TemplateStage::Render, e))?;
+        String::from_utf8(output.0).map_err(|_| Error::ChatTemplate {
+            stage: TemplateStage::Render,
+            source: cause(minijinja::Error::new(
+                ErrorKind::InvalidOperation,
+                "the template wrote text that is not UTF-8",
+            )),
+        })
+    }
+}
+
+/// A render's output, refused past [`TEMPLATE_MAX_OUTPUT`] bytes.
+struct BoundedOutput(Vec<u8>);
+
+impl std::io::Write for BoundedOutput {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + bytes.len() > TEMPLATE_MAX_OUTPUT {
+            return Err(std::io::Error::other(format!(
+                "the template wrote more than {TEMPLATE_MAX_OUTPUT} bytes"
+            )));
+        }
+        self.0.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

@@ -309,8 +309,8 @@ async fn stream_choice(
             result = &mut generation => break result,
         }
     };
-    // Text the generation confirmed at its end (its stream has closed).
-    while let Some(piece) = text.next().await {
+    // Text the generation confirmed before it returned.
+    while let Some(piece) = text.try_next() {
         first_token.get_or_insert_with(Instant::now);
         if let Some(piece) = gate.pass(piece)
             && !chunk.delta(index, json!({"content": piece}), None).await

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::backend::{Backend, Generation, GenerationRequest};
+use crate::backend::{Backend, EngineStats, Generation, GenerationRequest};
 use crate::model_card::ModelCard;
 use crate::prompt::{ChatTemplate, ConstraintCompiler};
 use crate::{GenerationConfig, LocalAdapter, Result};
@@ -25,6 +25,8 @@ pub(crate) trait Engine: Send + Sync + 'static {
     fn generation_config(&self) -> &GenerationConfig;
     /// Calls running on the backend, and calls waiting for a slot.
     fn load(&self) -> (usize, usize);
+    /// What the backend holds now and has done.
+    fn stats(&self) -> EngineStats;
     fn generate(&self, request: GenerationRequest) -> GenerationFuture<'_>;
 }
 
@@ -55,6 +57,10 @@ impl<B: Backend> Engine for LocalAdapter<B> {
 
     fn load(&self) -> (usize, usize) {
         self.occupancy()
+    }
+
+    fn stats(&self) -> EngineStats {
+        self.backend().stats()
     }
 
     fn generate(&self, request: GenerationRequest) -> GenerationFuture<'_> {

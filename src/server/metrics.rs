@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use crate::backend::Generation;
+use crate::backend::{EngineStats, Generation};
 
 /// Upper bounds (seconds) of the time-to-first-token histogram's buckets.
 const TTFT_BUCKETS: [f64; 10] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
@@ -68,8 +68,9 @@ impl Metrics {
         );
     }
 
-    /// The Prometheus text, with the engine's `(running, waiting)` calls.
-    pub(crate) fn render(&self, (running, waiting): (usize, usize)) -> String {
+    /// The Prometheus text, with the engine's `(running, waiting)` calls and
+    /// what it holds.
+    pub(crate) fn render(&self, (running, waiting): (usize, usize), engine: EngineStats) -> String {
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         let mut out = String::new();
         header(
@@ -93,7 +94,7 @@ impl Metrics {
         } else {
             0.0
         };
-        let scalars: [(&str, &str, &str, String); 7] = [
+        let scalars: [(&str, &str, &str, String); 10] = [
             (
                 "dsrs_prompt_tokens_total",
                 "counter",
@@ -135,6 +136,24 @@ impl Metrics {
                 "gauge",
                 "Calls waiting for the engine.",
                 waiting.to_string(),
+            ),
+            (
+                "dsrs_active_sequences",
+                "gauge",
+                "Generations on a sequence of the KV cache now.",
+                engine.active_sequences.to_string(),
+            ),
+            (
+                "dsrs_reserved_kv_cells",
+                "gauge",
+                "KV cells those generations reserve (prompt plus reply budget).",
+                engine.reserved_cells.to_string(),
+            ),
+            (
+                "dsrs_sampled_tokens_total",
+                "counter",
+                "Tokens the engine sampled, stopped generations included.",
+                engine.sampled_tokens.to_string(),
             ),
         ];
         for (name, kind, help, value) in scalars {

@@ -245,10 +245,13 @@ async fn models(State(state): State<AppState>) -> std::result::Result<Response, 
 }
 
 async fn metrics_text(State(state): State<AppState>) -> Response {
-    let load = state.engine().map(|e| e.load()).unwrap_or((0, 0));
+    let (load, stats) = state
+        .engine()
+        .map(|e| (e.load(), e.stats()))
+        .unwrap_or_default();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(load),
+        state.metrics.render(load, stats),
     )
         .into_response()
 }

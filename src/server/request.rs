@@ -25,6 +25,28 @@ const MAX_TOOLS: usize = 128;
 /// Most stop strings, and most bytes in one.
 const MAX_STOPS: usize = 16;
 const MAX_STOP_BYTES: usize = 256;
+/// Most bytes of JSON schema in one request (`response_format`, or all the
+/// tools' parameters together): far above real ones, and it bounds the work
+/// of compiling the grammar before the request is refused or run.
+const MAX_SCHEMA_BYTES: usize = 128 << 10;
+
+/// Refuses a schema over [`MAX_SCHEMA_BYTES`].
+fn check_schema_size<'a>(
+    schemas: impl IntoIterator<Item = &'a serde_json::Value>,
+    param: &'static str,
+) -> Result<(), ApiError> {
+    let bytes: usize = schemas
+        .into_iter()
+        .map(|schema| schema.to_string().len())
+        .sum();
+    if bytes > MAX_SCHEMA_BYTES {
+        return Err(ApiError::bad_request(format!(
+            "the JSON schemas of one request may have {MAX_SCHEMA_BYTES} bytes; these have {bytes}"
+        ))
+        .with_param(param));
+    }
+    Ok(())
+}
 
 /// A JSON body; every failure to read it is an OpenAI-shaped error (413 for
 /// a body over the limit, 400 for anything malformed, naming where).
@@ -287,6 +309,7 @@ pub(crate) fn chat_tools(body: &ChatRequest) -> Result<(Vec<ToolSpec>, ToolChoic
             parameters,
         ));
     }
+    check_schema_size(specs.iter().map(|s| &s.parameters), "tools")?;
     let bad_choice = |message: String| ApiError::bad_request(message).with_param("tool_choice");
     let choice = match &body.tool_choice {
         None => ToolChoice::Auto,
@@ -351,6 +374,7 @@ pub(crate) fn chat_constraint(
                 ApiError::bad_request("`response_format.json_schema.schema` is missing")
                     .with_param("response_format")
             })?;
+            check_schema_size([schema], "response_format")?;
             Some(OutputConstraint::json(schema, max_text_chars))
         }
         Some(ResponseFormat::Text) => None,

@@ -6,7 +6,9 @@ use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-use crate::backend::{Backend, FinishReason, Generation, GenerationRequest, LocalModel, Timings};
+use crate::backend::{
+    Backend, EngineStats, FinishReason, Generation, GenerationRequest, LocalModel, Timings,
+};
 use crate::gguf::{GgufHeader, MetadataValue};
 use crate::model_card::{ModelCard, TokenTexts};
 use crate::{Error, Result};
@@ -118,5 +120,10 @@ impl Backend for ScriptedBackend {
             finish_reason: FinishReason::Stop,
             timings: Timings::default(),
         })
+    }
+
+    /// A scripted reply holds nothing and samples nothing.
+    fn stats(&self) -> EngineStats {
+        EngineStats::default()
     }
 }

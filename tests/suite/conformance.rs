@@ -243,6 +243,48 @@ pub async fn bad_model_files_are_typed_errors<H: Harness>() {
     }
 }
 
+/// Mutated headers of a model the backend runs (corrupt downloads, hostile
+/// files): each is loaded or refused with a typed error, never a crash, and
+/// one that loads answers a short call or refuses it.
+pub async fn mutated_model_files_load_or_are_refused<H: Harness>() {
+    use proptest::test_runner::{Config, TestRunner};
+
+    let (bytes, header_len) = crate::gguf_header::file_and_header_len(&TINY_CHAT_MODEL.1);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mutated.gguf");
+    let mut runner = TestRunner::new(Config {
+        cases: crate::support::fuzz_cases(64),
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let (loaded, refused) = (std::cell::Cell::new(0), std::cell::Cell::new(0));
+    let strategy = proptest::collection::vec(crate::gguf_header::mutation(), 1..4);
+    let result = runner.run(&strategy, |mutations| {
+        crate::gguf_header::write_mutated(&bytes, header_len, &mutations, &path);
+        match H::adapter_on(&path, test_config(), 256) {
+            Ok(adapter) => {
+                loaded.set(loaded.get() + 1);
+                let call = adapter.generate(raw_request("Once upon a time"));
+                let handle = tokio::runtime::Handle::current();
+                // A call on a model whose numbers changed may fail, typed.
+                let _ = tokio::task::block_in_place(|| handle.block_on(call));
+            }
+            Err(error) => {
+                refused.set(refused.get() + 1);
+                proptest::prop_assert!(!error.to_string().is_empty());
+            }
+        }
+        Ok(())
+    });
+    result.unwrap();
+    println!(
+        "mutated files: {} loaded, {} refused",
+        loaded.get(),
+        refused.get()
+    );
+    assert!(refused.get() > 0);
+}
+
 pub async fn a_prompt_longer_than_the_context_is_an_error_with_both_numbers<H: Harness>() {
     let adapter = H::adapter_on(&TINY_CHAT_MODEL.1, test_config(), 128).unwrap();
     let lm = Arc::new(adapter.lm().await.unwrap());
@@ -297,6 +339,83 @@ pub async fn a_context_that_fills_while_generating_ends_with_length<H: Harness>(
     );
     // Every position holds a token; the last sampled one needs no slot of its own.
     assert_eq!(generation.prompt_tokens + generation.completion_tokens, 257);
+}
+
+/// A call whose future is dropped (a timeout, a caller gone) stops within
+/// one decode step: the engine holds no sequence and no cell afterwards, and
+/// a call running beside it gets the reply it gets alone.
+pub async fn a_dropped_call_stops_within_a_step_and_frees_what_it_held<H: Harness>() {
+    let adapter = H::adapter_on(&TINY_CHAT_MODEL.1, test_config(), 2048).unwrap();
+    let stats = || adapter.backend().stats();
+    let fields = SignatureFields::of(&QA::new()).unwrap();
+    // Held to a field grammar whose free text a random model does not close
+    // (as in the test above), so only the drop can end it.
+    let budget = 1_500;
+    let endless = GenerationRequest {
+        prompt: "Once upon a time".into(),
+        max_tokens: budget,
+        constraint: Some(OutputConstraint::for_fields(&fields, 5_000)),
+        ..raw_request("")
+    };
+    let beside = GenerationRequest {
+        max_tokens: 24,
+        ..raw_request("The weather today")
+    };
+    let alone = adapter.generate(beside.clone()).await.unwrap();
+    let before = stats();
+    assert_eq!((before.active_sequences, before.reserved_cells), (0, 0));
+
+    // The endless call runs until it has sampled a few tokens (the other
+    // call sent once it has started), then its future is dropped: what
+    // `tokio::time::timeout` does when it expires.
+    let mut survivor = None;
+    let started = async {
+        let mut sent = false;
+        while stats().sampled_tokens < before.sampled_tokens + 40 {
+            if !sent && stats().sampled_tokens > before.sampled_tokens {
+                let adapter = adapter.clone();
+                let beside = beside.clone();
+                survivor = Some(tokio::spawn(async move { adapter.generate(beside).await }));
+                sent = true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    };
+    let stopped = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        tokio::select! {
+            generation = adapter.generate(endless) => panic!("it ended by itself: {generation:?}"),
+            () = started => {}
+        }
+    })
+    .await;
+    assert!(stopped.is_ok(), "it never started");
+    let at_drop = stats().sampled_tokens;
+    let survivor = survivor.expect("sent").await.unwrap().unwrap();
+    let freed = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while stats().active_sequences > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+    assert!(freed.is_ok(), "the dropped call still holds its sequence");
+    let after = stats();
+    assert_eq!(after.reserved_cells, 0, "{after:?}");
+    assert_eq!(survivor.text, alone.text, "the call beside it changed");
+    // Beyond the survivor's own tokens, the dropped call sampled at most the
+    // step it was in when dropped (and the one whose flag check raced it).
+    let dropped_after_drop =
+        (after.sampled_tokens - at_drop).saturating_sub(survivor.completion_tokens + 1);
+    assert!(
+        dropped_after_drop <= 2,
+        "the dropped call sampled {dropped_after_drop} tokens after its drop ({before:?} → {after:?})"
+    );
+    assert!(after.sampled_tokens - before.sampled_tokens < budget);
+    // The adapter answers the next call as before.
+    let next = adapter
+        .generate(raw_request("Once upon a time"))
+        .await
+        .unwrap();
+    assert!(next.completion_tokens > 0);
 }
 
 /// A budget below the shortest reply a signature accepts is refused before
@@ -555,6 +674,14 @@ macro_rules! conformance_suite {
             #[tokio::test(flavor = "multi_thread")]
             async fn a_context_that_fills_while_generating_ends_with_length() {
                 c::a_context_that_fills_while_generating_ends_with_length::<$harness>().await
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn a_dropped_call_stops_within_a_step_and_frees_what_it_held() {
+                c::a_dropped_call_stops_within_a_step_and_frees_what_it_held::<$harness>().await
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn mutated_model_files_load_or_are_refused() {
+                c::mutated_model_files_load_or_are_refused::<$harness>().await
             }
             #[tokio::test(flavor = "multi_thread")]
             async fn a_budget_below_the_shortest_reply_is_a_typed_error() {

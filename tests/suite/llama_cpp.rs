@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::sync::{Arc, LazyLock};
 
+use dsrs_local::Backend as _;
 use dsrs_local::LocalModel as _;
 use dsrs_local::backends::llama_cpp::LlamaCppBackend;
 use dsrs_local::{
@@ -157,9 +158,9 @@ async fn concurrent_calls_decoded_together_equal_calls_one_by_one() {
         .map(|result| result.unwrap().1.text)
         .collect();
     assert_eq!(batched, expected);
-    assert_eq!(one_by_one.backend().peak_concurrency(), 1);
+    assert_eq!(one_by_one.backend().stats().peak_sequences, 1);
     assert!(
-        together.backend().peak_concurrency() > 1,
+        together.backend().stats().peak_sequences > 1,
         "the calls were decoded together"
     );
 }

@@ -18,6 +18,8 @@ mod gpu;
 mod llama_cpp;
 #[cfg(feature = "llamacpp")]
 mod server;
+#[cfg(feature = "llamacpp")]
+mod soak;
 #[cfg(any(feature = "llamacpp", feature = "candle"))]
 mod tool_calls;
 
@@ -33,4 +35,5 @@ mod prompt_render;
 mod python_clients;
 #[cfg(any(feature = "llamacpp", feature = "candle"))]
 mod real_models;
+mod server_fuzz;
 mod tools;

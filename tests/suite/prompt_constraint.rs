@@ -1,9 +1,16 @@
 //! The output grammar accepts what `ChatAdapter` writes for demos and rejects
-//! malformed replies. Checked byte by byte with a single-byte vocabulary.
+//! malformed replies. Checked byte by byte with a single-byte vocabulary; the
+//! builder on random signatures under proptest.
+
+use std::sync::LazyLock;
 
 use dspy_rs::{ChatAdapter, Example, MetaSignature, adapter::Adapter, example};
-use dsrs_local::prompt::{ConstraintCompiler, OutputConstraint, SignatureFields};
+use dsrs_local::prompt::{
+    ConstraintCompiler, FieldSpec, OutputConstraint, SignatureFields, ValueKind,
+};
+use proptest::prelude::*;
 
+use crate::support::fuzz_cases;
 use crate::{Arithmetic, CapitalFacts, MultiField, QA};
 
 fn accepts(signature: &dyn MetaSignature, reply: &str) -> bool {
@@ -124,4 +131,110 @@ fn rejects_malformed_replies() {
         ),
         "object field"
     );
+}
+
+/// Any JSON value, a few levels deep (random field schemas).
+fn any_schema() -> impl Strategy<Value = serde_json::Value> {
+    use serde_json::{Value, json};
+    let leaf = prop_oneof![
+        Just(json!({"type": "string"})),
+        Just(json!({"type": "integer", "minimum": 3, "maximum": 1})),
+        Just(json!({"type": "number"})),
+        Just(json!({"type": "frobnicate"})),
+        Just(json!({"enum": []})),
+        Just(json!({"const": null})),
+        Just(Value::Null),
+        ".{0,8}".prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+    ];
+    leaf.prop_recursive(3, 16, 4, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..3)
+                .prop_map(|items| json!({"anyOf": items})),
+            inner
+                .clone()
+                .prop_map(|items| json!({"type": "array", "items": items})),
+            proptest::collection::btree_map("[a-z]{1,6}|.{0,4}", inner, 0..3)
+                .prop_map(|p| json!({"type": "object", "properties": p})),
+        ]
+    })
+}
+
+/// A field: mostly a plain name and a declared Rust type, sometimes a name
+/// that looks like the markers and a random schema.
+fn any_field() -> impl Strategy<Value = FieldSpec> {
+    let name = prop_oneof![
+        4 => "[a-z][a-z_0-9]{0,12}",
+        1 => ".{0,12}",
+        1 => Just("completed".to_string()),
+        1 => Just("a ## ]]".to_string()),
+    ];
+    let declared = prop_oneof![
+        Just("String"),
+        Just("i32"),
+        Just("u8"),
+        Just("f64"),
+        Just("bool"),
+        Just("Vec < String >"),
+        Just("Option < i64 >"),
+        Just("Vec < Vec < bool > >"),
+        Just("Unknown"),
+    ];
+    prop_oneof![
+        3 => (name.clone(), declared).prop_map(|(name, ty)| FieldSpec {
+            name,
+            type_name: ty.to_string(),
+            kind: ValueKind::from_declared(ty, &serde_json::Value::Null),
+        }),
+        1 => (name, any_schema()).prop_map(|(name, schema)| FieldSpec {
+            name,
+            type_name: "Custom".to_string(),
+            kind: ValueKind::from_schema(schema),
+        }),
+    ]
+}
+
+static SINGLE_BYTE: LazyLock<ConstraintCompiler> =
+    LazyLock::new(|| ConstraintCompiler::single_byte().unwrap());
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: fuzz_cases(300), failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// The grammar builder on random signatures: the field grammar and the
+    /// JSON one compile or are a typed error, never a panic; a signature of
+    /// plain text fields accepts the reply `ChatAdapter` writes for it.
+    #[test]
+    fn random_signatures_give_a_grammar_or_a_typed_error(
+        outputs in proptest::collection::vec(any_field(), 1..5),
+        max_text_chars in 0usize..300,
+    ) {
+        let fields = SignatureFields { inputs: vec![], outputs };
+        for constraint in [
+            OutputConstraint::for_fields(&fields, max_text_chars),
+            OutputConstraint::json(&fields.json_schema(), max_text_chars),
+        ] {
+            if let Err(error) = SINGLE_BYTE.matcher(&constraint) {
+                prop_assert!(!error.to_string().is_empty());
+            }
+        }
+        let plain = fields.outputs.iter().all(|f| {
+            f.kind == ValueKind::Text
+                && f.name != "completed"
+                && f.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        });
+        let mut names: Vec<&str> = fields.outputs.iter().map(|f| f.name.as_str()).collect();
+        names.dedup();
+        if plain && names.len() == fields.outputs.len() && max_text_chars >= 5 {
+            let reply: String = fields
+                .outputs
+                .iter()
+                .map(|f| format!("[[ ## {} ## ]]\nvalue\n\n", f.name))
+                .chain(["[[ ## completed ## ]]".to_string()])
+                .collect();
+            let mut matcher = SINGLE_BYTE
+                .matcher(&OutputConstraint::for_fields(&fields, max_text_chars))
+                .unwrap();
+            prop_assert!(matcher.accepts_text(&reply), "{reply}");
+        }
+    }
 }

@@ -111,3 +111,83 @@ fn gemma_models_without_a_template_get_gemma_turns() {
     let own = ChatTemplate::for_model(Some("{{ 'X' }}"), "gemma3", "<bos>", "<eos>").unwrap();
     assert_eq!(own.render(&conversation()).unwrap(), "X");
 }
+
+/// Templates come inside model files from strangers: one that loops without
+/// end, recurses without end or writes without end is a render error within
+/// a bounded time, and the process goes on.
+#[test]
+fn hostile_templates_are_render_errors_not_hangs_or_crashes() {
+    let cases = [
+        (
+            "a loop of 10^10 steps",
+            "{% for a in range(100000) %}{% for b in range(100000) %}x{% endfor %}{% endfor %}",
+        ),
+        (
+            "recursion without end",
+            "{% macro down(n) %}{{ down(n + 1) }}{% endmacro %}{{ down(0) }}",
+        ),
+        (
+            "a flood of output",
+            "{% for i in range(1000) %}{{ 'x' * 1000000 }}{% endfor %}",
+        ),
+        ("a template that includes itself", "{% include 'chat' %}"),
+    ];
+    let chat = conversation();
+    for (what, source) in cases {
+        let started = std::time::Instant::now();
+        // A template that fails its load-time tool probe still loads.
+        let template = ChatTemplate::new(source, "<s>", "</s>").unwrap();
+        let err = template.render(&chat).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                dsrs_local::Error::ChatTemplate {
+                    stage: dsrs_local::TemplateStage::Render,
+                    ..
+                }
+            ),
+            "{what}: {err}"
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "{what} took {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+/// The limits leave room for real conversations: the largest a server
+/// request may carry (1024 messages) with tools renders through a
+/// tool-calling template and the models' own templates.
+#[test]
+fn the_template_limits_leave_room_for_the_largest_conversation() {
+    use dsrs_local::prompt::{CHATML_TOOLS_TEMPLATE, ToolSpec, Turn};
+    let tools: Vec<ToolSpec> = (0..16)
+        .map(|i| {
+            ToolSpec::new(
+                format!("tool_{i}"),
+                "Looks something up.",
+                serde_json::json!({"type": "object", "properties": {"item": {"type": "string"}}}),
+            )
+        })
+        .collect();
+    let turns: Vec<Turn> = (0..1024)
+        .map(|i| {
+            let role = if i % 2 == 0 { "user" } else { "assistant" };
+            Turn::new(role, format!("message {i}: {}", "words ".repeat(50)))
+        })
+        .collect();
+    let mut templates = vec![ChatTemplate::new(CHATML_TOOLS_TEMPLATE, "", "<|im_end|>").unwrap()];
+    templates.extend(
+        [
+            "ggml-vocab-deepseek-coder-chat.gguf",
+            "ggml-vocab-phi-3.gguf",
+        ]
+        .iter()
+        .filter_map(|f| template_of(f)),
+    );
+    for template in templates {
+        let text = template.render_conversation(&turns, &tools, true).unwrap();
+        assert!(text.contains("message 1023"));
+    }
+}

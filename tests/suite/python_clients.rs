@@ -3,11 +3,10 @@
 //! each backend. The venv comes from `.ci/python-env` (run by `make test`);
 //! without it the tests skip and say why.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
-use dsrs_local::testing::task_model_path;
+use crate::support::Served;
 
 /// The venv's Python, when `.ci/python-env` has made it.
 fn python() -> Option<PathBuf> {
@@ -23,58 +22,19 @@ fn python() -> Option<PathBuf> {
     }
 }
 
-/// A `dsrs-local serve` process, killed when dropped.
-struct Served {
-    child: Child,
-    base_url: String,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn serve(backend: &str, key: &str) -> Served {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dsrs-local"))
-        .args([
-            "serve",
-            "--port",
-            "0",
-            "--api-key",
-            key,
-            "--model-name",
-            "dsrs-tiny",
-        ])
-        .args([
-            "--backend",
-            backend,
-            "--parallel",
-            "4",
-            "--max-tokens",
-            "200",
-        ])
-        .arg(task_model_path())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("dsrs-local starts");
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let mut lines = BufReader::new(stdout).lines();
-    let base_url = loop {
-        let line = lines
-            .next()
-            .expect("dsrs-local printed its URL before exiting")
-            .expect("readable stdout");
-        if let Some(rest) = line.strip_prefix("serving at ") {
-            break rest
-                .split_whitespace()
-                .next()
-                .unwrap_or_default()
-                .to_string();
-        }
-    };
-    Served { child, base_url }
+    Served::start(&[
+        "--api-key",
+        key,
+        "--model-name",
+        "dsrs-tiny",
+        "--backend",
+        backend,
+        "--parallel",
+        "4",
+        "--max-tokens",
+        "200",
+    ])
 }
 
 /// A question of the own model's tool family as the Python client sends it

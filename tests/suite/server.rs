@@ -457,24 +457,102 @@ async fn a_client_that_disconnects_mid_stream_frees_its_sequence() {
     assert_eq!(status, 200);
 }
 
+/// Past `max_waiting` calls in the queue, a request gets 503 with
+/// `Retry-After` at once; a client that goes away before its (non-streamed)
+/// reply stops its generation, so the queue behind it moves on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_queue_answers_503_and_a_client_gone_before_its_reply_frees_its_sequence() {
+    let adapter = LlamaCppAdapter::from_loaded_model(
+        Arc::clone(&MODEL),
+        LlamaCppConfig::default()
+            .with_context_length(4096)
+            .with_generation(
+                GenerationConfig::default()
+                    .with_max_text_chars(60)
+                    .with_max_concurrency(1),
+            ),
+    );
+    let backend = Arc::clone(adapter.backend());
+    let waiting = adapter.clone();
+    let server = start(adapter, ServerOptions::default().with_max_waiting(1));
+    let url = format!("{}/chat/completions", server.base_url());
+    let budget = 3000;
+    let before = backend.stats().sampled_tokens;
+    let long = tokio::spawn({
+        let request = client().post(&url).json(&chat(
+            "Tell me everything",
+            json!({"max_tokens": budget, "temperature": 1.0, "seed": 1}),
+        ));
+        async move { request.send().await }
+    });
+    until(|| backend.stats().active_sequences == 1).await;
+    // The next call waits for the engine; the one after it is refused.
+    let queued = tokio::spawn(post_owned(url.clone(), chat("Next", json!({}))));
+    until(|| waiting.occupancy().1 == 1).await;
+    let refused = client()
+        .post(&url)
+        .json(&chat("One more", json!({})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 503);
+    assert_eq!(
+        refused
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "server_busy", "{body}");
+    assert!(
+        backend.stats().active_sequences == 1,
+        "the long call still runs"
+    );
+    // The long call's client goes away: its generation stops, the queued one runs.
+    long.abort();
+    let (status, body) = tokio::time::timeout(Duration::from_secs(60), queued)
+        .await
+        .expect("the queued call ran")
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let queued_tokens = body["usage"]["completion_tokens"].as_u64().unwrap() as usize;
+    let sampled = backend.stats().sampled_tokens - before;
+    assert!(
+        sampled < budget / 2,
+        "the abandoned call went on: {sampled} tokens sampled ({queued_tokens} for the queued one)"
+    );
+    assert_eq!(backend.stats().reserved_cells, 0);
+}
+
+/// Waits (30 s at most) until `done`.
+async fn until(done: impl Fn() -> bool) {
+    let started = std::time::Instant::now();
+    while !done() {
+        assert!(started.elapsed() < Duration::from_secs(30), "timed out");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+async fn post_owned(url: String, body: Value) -> (u16, Value) {
+    let response = client().post(url).json(&body).send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
 /// 64 concurrent streaming clients get the replies they would get one at a
 /// time, and a client that stops reading holds up none of them.
 #[tokio::test(flavor = "multi_thread")]
 async fn sixty_four_streaming_clients_get_their_lone_replies_and_a_slow_reader_blocks_no_one() {
-    // The own model: a random one's near-even logits let a batch of 8 and a
-    // batch of 1 (other kernels, other rounding) pick different tokens.
+    // The own model on its own held-out questions: a random model's (or an
+    // untrained question's) near-even logits let a batch of 8 and a batch of
+    // 1 (other kernels, other rounding) pick different tokens.
     let server = Arc::new(start(own_model_adapter(8), ServerOptions::default()));
-    let prompts: Vec<String> = (0..64)
-        .map(|i| format!("Question {i}: what comes next?"))
-        .collect();
+    let questions = crate::support::task_messages(64);
+    let body = |messages: &Value, stream: bool| json!({"messages": messages, "max_tokens": 48, "temperature": 0, "stream": stream});
     let mut alone = Vec::new();
-    for prompt in &prompts {
-        let (_, reply) = post(
-            &server,
-            "/chat/completions",
-            &own_chat(prompt, json!({"max_tokens": 16})),
-        )
-        .await;
+    for messages in &questions {
+        let (_, reply) = post(&server, "/chat/completions", &body(messages, false)).await;
         alone.push(
             reply["choices"][0]["message"]["content"]
                 .as_str()
@@ -500,9 +578,9 @@ async fn sixty_four_streaming_clients_get_their_lone_replies_and_a_slow_reader_b
         .unwrap();
     slow.chunk().await.unwrap();
 
-    let streams = prompts.iter().map(|prompt| {
+    let streams = questions.iter().map(|messages| {
         let server = Arc::clone(&server);
-        let body = own_chat(prompt, json!({"max_tokens": 16, "stream": true}));
+        let body = body(messages, true);
         async move {
             let response = client()
                 .post(format!("{}/chat/completions", server.base_url()))

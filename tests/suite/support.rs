@@ -1,8 +1,12 @@
 //! Shared test support: signatures, paths to the shared models, and a lock
 //! around dspy-rs's process-global `configure`.
 
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::sync::LazyLock;
+
+use dsrs_local::testing::task_model_path;
 
 /// `dspy_rs::configure` sets one global; tests that call it take this lock
 /// for the whole configure-then-forward sequence.
@@ -67,5 +71,91 @@ pub fn item_code_messages(item: &str) -> Vec<serde_json::Value> {
     chat.messages
         .iter()
         .map(dspy_rs::Message::to_json)
+        .collect()
+}
+
+/// Cases of a property test: `default`, or `PROPTEST_CASES` for a longer run
+/// (`PROPTEST_CASES=20000 cargo test --test suite -- mutated`; proptest's own
+/// variable, which an explicit count would otherwise override).
+pub fn fuzz_cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A `dsrs-local serve` process on the crate's own model, killed when dropped.
+#[cfg_attr(not(any(feature = "llamacpp", feature = "candle")), allow(dead_code))]
+pub struct Served {
+    pub child: Child,
+    pub base_url: String,
+}
+
+#[cfg_attr(not(any(feature = "llamacpp", feature = "candle")), allow(dead_code))]
+impl Served {
+    /// Starts `dsrs-local serve --port 0 ARGS… models/dsrs-tiny.gguf` and
+    /// waits for the URL it prints.
+    pub fn start(args: &[&str]) -> Served {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_dsrs-local"))
+            .args(["serve", "--port", "0"])
+            .args(args)
+            .arg(task_model_path())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("dsrs-local starts");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let base_url = loop {
+            let line = lines
+                .next()
+                .expect("dsrs-local printed its URL before exiting")
+                .expect("readable stdout");
+            if let Some(rest) = line.strip_prefix("serving at ") {
+                break rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+            }
+        };
+        Served { child, base_url }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `count` held-out questions of the own model's short-answer families, as
+/// the OpenAI messages dspy-rs's `ChatAdapter` sends for them. On its own
+/// tasks the model answers with wide margins, so a reply does not hang on
+/// the rounding of one batch shape against another (a question it was
+/// never trained on can: a near tie that a batch of 8 and a batch of 1
+/// break differently).
+#[cfg_attr(not(feature = "llamacpp"), allow(dead_code))]
+pub fn task_messages(count: usize) -> Vec<serde_json::Value> {
+    use dspy_rs::adapter::Adapter;
+    use dsrs_local::testing::tasks::{TaskFamily, TaskStream};
+    let families = [
+        TaskFamily::Arithmetic,
+        TaskFamily::Capital,
+        TaskFamily::Sentiment,
+        TaskFamily::Parity,
+    ];
+    let mut stream = TaskStream::held_out(2028);
+    (0..count)
+        .map(|i| {
+            let example = stream.sample(families[i % families.len()], i % 3);
+            let chat = dspy_rs::ChatAdapter.format(&example.signature, example.inputs.clone());
+            serde_json::Value::from(
+                chat.messages
+                    .iter()
+                    .map(dspy_rs::Message::to_json)
+                    .collect::<Vec<_>>(),
+            )
+        })
         .collect()
 }

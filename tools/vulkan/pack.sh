@@ -15,8 +15,8 @@
 # Both hold the Vulkan loader and GL dispatch as Debian packages (unpacked
 # there where missing) and the few system libraries the machine may lack.
 # There: `PACK=.vulkan bash tools/gpu/on-device.sh suite 8`, and
-# `PACK=.vulkan-bench bash tools/gpu/on-device.sh bench SHAPE WEIGHTS …`
-# (specs/gpu.md, "Vulkan").
+# `bash tools/vulkan/bench-on-device.sh start` then `… collect 570` for the
+# whole bench (specs/gpu.md, "Vulkan").
 #
 # Usage: bash tools/vulkan/pack.sh        (from the repository root)
 set -euo pipefail
@@ -73,6 +73,11 @@ pack .vulkan target/suite
 cp -r "${DSRS_SHARED_MODELS:-../shared/models}" .vulkan/shared-models
 
 pack .vulkan-bench target/debug/examples/bench "$BUILD/bin/llama-bench"
+# The bench's models take deepseek-coder's vocabulary, as on the CPU (without
+# it they get the byte-level one, whose DSPy replies overrun the bench's budget).
+mkdir -p .vulkan-bench/shared-models/vocab
+cp "${DSRS_SHARED_MODELS:-../shared/models}/vocab/ggml-vocab-deepseek-coder-chat.gguf" \
+    .vulkan-bench/shared-models/vocab/
 SKIP=()
 for backend in sycl vulkan opencl hexagon cann metal webgpu zdnn zendnn openvino virtgpu; do
     SKIP+=(--exclude="llama.cpp/ggml/src/ggml-$backend")

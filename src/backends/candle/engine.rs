@@ -7,9 +7,11 @@ use std::time::Instant;
 
 use super::model::CandleModel;
 use crate::Result;
-use crate::backend::{Backend, FinishReason, Generation, GenerationRequest, LocalModel, Timings};
+use crate::backend::{
+    Backend, EngineStats, FinishReason, Generation, GenerationRequest, LocalModel, Timings,
+};
 use crate::backends::common::{
-    EngineConfig, EngineSettings, Prepared, cancelled_before_start, prepare,
+    EngineConfig, EngineCounters, EngineSettings, Prepared, cancelled_before_start, prepare,
 };
 
 /// What only a candle adapter's settings have (nothing yet: candle runs one
@@ -32,6 +34,7 @@ pub struct CandleBackend {
     context_length: usize,
     batch_size: usize,
     reuse_prefix: bool,
+    counters: EngineCounters,
 }
 
 impl CandleBackend {
@@ -48,6 +51,7 @@ impl CandleBackend {
             context_length,
             batch_size: config.batch_size.max(1),
             reuse_prefix: config.reuse_prefix,
+            counters: EngineCounters::default(),
         }
     }
 
@@ -75,6 +79,8 @@ impl Backend for CandleBackend {
         } = prepare(model.as_ref(), request, self.context_length)?;
 
         let mut weights = model.lock_weights()?;
+        let reserved = (prompt.len() + request.max_tokens + 1).min(self.context_length);
+        let _holding = Holding::new(&self.counters, reserved);
         let reused = if self.reuse_prefix {
             weights.keep_shared_prefix(&prompt)
         } else {
@@ -101,6 +107,7 @@ impl Backend for CandleBackend {
         let mut position = prompt.len();
         let finish_reason = loop {
             let token = decoder.next_token(&mut logits)?;
+            self.counters.sampled(1);
             if let Some(reason) = decoder.push(token, model.card().token_bytes(token))? {
                 break reason;
             }
@@ -119,5 +126,26 @@ impl Backend for CandleBackend {
         let mut generation = decoder.finish(prompt.len(), finish_reason, timings);
         generation.cached_prompt_tokens = reused;
         Ok(generation)
+    }
+
+    fn stats(&self) -> EngineStats {
+        self.counters.stats()
+    }
+}
+
+/// Marks one generation as held while it lives, so an error or a panic
+/// inside it still releases it (this engine runs one at a time).
+struct Holding<'a>(&'a EngineCounters);
+
+impl<'a> Holding<'a> {
+    fn new(counters: &'a EngineCounters, cells: usize) -> Self {
+        counters.holding(1, cells);
+        Holding(counters)
+    }
+}
+
+impl Drop for Holding<'_> {
+    fn drop(&mut self) {
+        self.0.holding(0, 0);
     }
 }

@@ -2,7 +2,9 @@
 //! preparation of a request.
 
 mod config;
+mod counters;
 mod request;
 
 pub use config::{EngineConfig, EngineSettings, LoadOptions};
+pub(crate) use counters::EngineCounters;
 pub(crate) use request::{Prepared, cancelled_before_start, prepare};

@@ -25,7 +25,6 @@
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::time::{Duration, Instant};
 
@@ -37,7 +36,7 @@ use super::device_memory;
 use super::model::{LlamaCppModel, as_llama, inference_error};
 use crate::backend::LocalModel;
 use crate::backend::{FinishReason, Generation, GenerationRequest, Timings};
-use crate::backends::common::{Prepared, cancelled_before_start, prepare};
+use crate::backends::common::{EngineCounters, Prepared, cancelled_before_start, prepare};
 use crate::decode::Decoder;
 use crate::{Error, Result};
 
@@ -45,19 +44,6 @@ use crate::{Error, Result};
 pub(super) struct Job {
     pub(super) request: GenerationRequest,
     pub(super) reply: SyncSender<Result<Generation>>,
-}
-
-/// What the worker reports while it runs (read by `LlamaCppBackend::stats`).
-#[derive(Debug, Default)]
-pub(super) struct WorkerCounters {
-    /// The most requests decoded together so far.
-    pub(super) peak_sequences: AtomicUsize,
-    /// Requests on a sequence now.
-    pub(super) active_sequences: AtomicUsize,
-    /// KV cells reserved by them (prompt plus reply budget each).
-    pub(super) reserved_cells: AtomicUsize,
-    /// Tokens sampled since the worker started, all sequences together.
-    pub(super) sampled_tokens: AtomicUsize,
 }
 
 /// The context one worker runs.
@@ -78,7 +64,7 @@ pub(super) fn worker(
     model: &LlamaCppModel,
     settings: ContextSettings,
     jobs: Receiver<Job>,
-    counters: Arc<WorkerCounters>,
+    counters: Arc<EngineCounters>,
 ) {
     while let Ok(job) = jobs.recv() {
         match create_context(model, settings) {
@@ -155,15 +141,15 @@ struct Batcher<'m> {
     settings: ContextSettings,
     sequences: Vec<Sequence>,
     waiting: VecDeque<Job>,
-    /// The most requests that have run at once, for the backend to report.
-    counters: Arc<WorkerCounters>,
+    /// What it holds and has done, for the backend to report.
+    counters: Arc<EngineCounters>,
 }
 
 impl<'m> Batcher<'m> {
     fn new(
         model: &'m LlamaCppModel,
         settings: ContextSettings,
-        counters: Arc<WorkerCounters>,
+        counters: Arc<EngineCounters>,
     ) -> Self {
         Batcher {
             model,
@@ -428,9 +414,7 @@ impl<'m> Batcher<'m> {
                 let _ = reply.send(finish.map(|reason| done.finish(reason)));
             }
         }
-        self.counters
-            .sampled_tokens
-            .fetch_add(sampled, Ordering::Relaxed);
+        self.counters.sampled(sampled);
         Ok(())
     }
 
@@ -442,15 +426,7 @@ impl<'m> Batcher<'m> {
             .iter()
             .filter_map(|s| s.active.as_ref().map(|a| a.reserved))
             .sum();
-        self.counters
-            .peak_sequences
-            .fetch_max(running, Ordering::Relaxed);
-        self.counters
-            .active_sequences
-            .store(running, Ordering::Relaxed);
-        self.counters
-            .reserved_cells
-            .store(reserved, Ordering::Relaxed);
+        self.counters.holding(running, reserved);
     }
 
     /// Ends the requests whose callers stopped them: their sequences are free

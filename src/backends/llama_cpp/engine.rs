@@ -5,15 +5,14 @@
 //! `LlamaContext` is neither `Send` nor `Sync`, so it never leaves the thread
 //! that made it; callers block on a reply channel (from tokio's blocking pool).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 
-use super::batching::{ContextSettings, Job, WorkerCounters, worker};
+use super::batching::{ContextSettings, Job, worker};
 use super::model::{BACKEND, LlamaCppModel};
-use crate::backend::{Backend, Generation, GenerationRequest, LocalModel};
-use crate::backends::common::{EngineConfig, EngineSettings};
+use crate::backend::{Backend, EngineStats, Generation, GenerationRequest, LocalModel};
+use crate::backends::common::{EngineConfig, EngineCounters, EngineSettings};
 use crate::{Error, Result};
 
 /// What only a llama.cpp adapter's settings have.
@@ -61,18 +60,6 @@ impl EngineConfig<LlamaCppSettings> {
     }
 }
 
-/// What a llama.cpp worker holds and has done ([`LlamaCppBackend::stats`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct WorkerStats {
-    /// Requests on a sequence now.
-    pub active_sequences: usize,
-    /// KV cells they reserve (prompt plus reply budget each).
-    pub reserved_cells: usize,
-    /// Tokens sampled since the worker started, all sequences together.
-    pub sampled_tokens: usize,
-}
-
 /// llama.cpp behind the [`Backend`] trait.
 pub struct LlamaCppBackend {
     model: Arc<LlamaCppModel>,
@@ -80,7 +67,7 @@ pub struct LlamaCppBackend {
     /// The worker's queue, started on the first request.
     jobs: OnceLock<Result<Mutex<Sender<Job>>>>,
     /// What the worker reports.
-    counters: Arc<WorkerCounters>,
+    counters: Arc<EngineCounters>,
 }
 
 impl std::fmt::Debug for LlamaCppBackend {
@@ -116,23 +103,6 @@ impl LlamaCppBackend {
             settings,
             jobs: OnceLock::new(),
             counters: Arc::default(),
-        }
-    }
-
-    /// The most requests decoded together so far (at most the adapter's
-    /// `max_concurrency`): how much batching a workload actually got.
-    pub fn peak_concurrency(&self) -> usize {
-        self.counters.peak_sequences.load(Ordering::Relaxed)
-    }
-
-    /// What the worker holds now and has done: requests on a sequence, the
-    /// KV cells they reserve, tokens sampled since it started.
-    pub fn stats(&self) -> WorkerStats {
-        let get = |counter: &AtomicUsize| counter.load(Ordering::Relaxed);
-        WorkerStats {
-            active_sequences: get(&self.counters.active_sequences),
-            reserved_cells: get(&self.counters.reserved_cells),
-            sampled_tokens: get(&self.counters.sampled_tokens),
         }
     }
 
@@ -181,5 +151,9 @@ impl Backend for LlamaCppBackend {
             .send(job)
             .map_err(|_| worker_gone())?;
         answer.recv().map_err(|_| worker_gone())?
+    }
+
+    fn stats(&self) -> EngineStats {
+        self.counters.stats()
     }
 }

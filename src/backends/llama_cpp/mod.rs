@@ -50,7 +50,7 @@ mod model;
 
 use std::sync::Arc;
 
-pub use engine::{LlamaCppBackend, LlamaCppConfig, LlamaCppSettings, WorkerStats};
+pub use engine::{LlamaCppBackend, LlamaCppConfig, LlamaCppSettings};
 pub use model::{LlamaCppLoad, LlamaCppLoadOptions, LlamaCppModel};
 
 use crate::LocalAdapter;

@@ -10,7 +10,7 @@ use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
-use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::params::{LlamaModelParams, LlamaSplitMode};
 use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::{
     LlamaModelLoadError, LogOptions, list_llama_ggml_backend_devices, send_logs_to_tracing,
@@ -59,6 +59,12 @@ pub struct LlamaCppLoad {
     pub gpu_layers: u32,
     /// The GPU the layers go to; `None` lets llama.cpp choose.
     pub device: Option<DeviceId>,
+    /// Several GPUs the layers are split over, the main one first (llama.cpp
+    /// shares them out in proportion to each one's free memory); empty: one
+    /// device, `device`.
+    pub split: Vec<DeviceId>,
+    /// With `split`: each layer's rows across the GPUs, not whole layers.
+    pub split_rows: bool,
     /// Map the file instead of reading it (llama.cpp's default).
     pub use_mmap: bool,
     /// Load the vocabulary only (no weights): enough to tokenize.
@@ -70,6 +76,8 @@ impl Default for LlamaCppLoad {
         LlamaCppLoad {
             gpu_layers: u32::MAX,
             device: None,
+            split: Vec::new(),
+            split_rows: false,
             use_mmap: true,
             vocab_only: false,
         }
@@ -90,6 +98,14 @@ impl LoadOptions<LlamaCppLoad> {
     #[must_use]
     pub fn with_device(mut self, device: DeviceId) -> Self {
         self.engine.device = Some(device);
+        self
+    }
+    /// Splits the offloaded layers over these GPUs, the main one first: whole
+    /// layers, or with `rows` every layer's rows.
+    #[must_use]
+    pub fn with_split(mut self, devices: &[DeviceId], rows: bool) -> Self {
+        self.engine.split = devices.to_vec();
+        self.engine.split_rows = rows;
         self
     }
     /// Loads only the vocabulary (for tokenizing; generation needs the weights).
@@ -159,7 +175,30 @@ impl LlamaCppModel {
                 crate::progress::set_fraction(&reporter, fraction);
                 true
             });
-        if let Some(device) = options.engine.device {
+        let split: Option<Vec<usize>> = (options.engine.split.len() > 1)
+            .then(|| {
+                options
+                    .engine
+                    .split
+                    .iter()
+                    .map(|&d| ggml_device_index(d))
+                    .collect()
+            })
+            .flatten();
+        if options.engine.split.len() > 1 && split.is_none() {
+            tracing::warn!(devices = ?options.engine.split, "llama.cpp lists not all of these devices; it splits over what it has");
+        }
+        if let Some(indices) = split {
+            params = params
+                .with_devices(&indices)
+                .map_err(|e| load_error(path, "choosing the devices failed", cause(e)))?
+                .with_split_mode(if options.engine.split_rows {
+                    LlamaSplitMode::Row
+                } else {
+                    LlamaSplitMode::Layer
+                })
+                .with_main_gpu(0);
+        } else if let Some(device) = options.engine.device {
             match ggml_device_index(device) {
                 Some(index) => {
                     params = params
@@ -348,6 +387,8 @@ impl LoadModel for LlamaCppModel {
             .with_gpu_layers(gpu_layers)
             .with_context_length(placement.context_length);
         options.engine.device = placement.device;
+        options.engine.split = placement.split.iter().map(|share| share.device).collect();
+        options.engine.split_rows = placement.split_rows;
         Self::load_header(header, &options)
     }
 }

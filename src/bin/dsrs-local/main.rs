@@ -4,7 +4,7 @@
 //! ```text
 //! dsrs-local serve MODEL [--host 127.0.0.1] [--port 8080] [--api-key KEY]
 //!                        [--backend llamacpp|candle] [--parallel N] [--context N]
-//!                        [--max-tokens N]
+//!                        [--max-tokens N] [--max-waiting N]
 //! dsrs-local detect
 //! ```
 //!
@@ -72,6 +72,9 @@ struct ServeArgs {
     /// The model's name in requests (default: the file's stem).
     #[arg(long)]
     model_name: Option<String>,
+    /// Calls that may wait for the engine; more get 503 with Retry-After.
+    #[arg(long, default_value_t = ServerOptions::default().max_waiting)]
+    max_waiting: usize,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -117,7 +120,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         spec = spec.with_context(context);
     }
     let address = SocketAddr::new(args.host, args.port);
-    let mut options = ServerOptions::default().with_default_max_tokens(args.max_tokens);
+    let mut options = ServerOptions::default()
+        .with_default_max_tokens(args.max_tokens)
+        .with_max_waiting(args.max_waiting);
     if let Some(key) = args.api_key {
         options = options.with_api_key(key);
     }

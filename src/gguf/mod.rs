@@ -5,6 +5,8 @@
 //! The header also carries what the prompt layer needs (chat template, special
 //! tokens) and what load sizing needs (layer count, tensor bytes, context).
 
+mod consistency;
+
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufReader, Read, Seek};
@@ -14,9 +16,18 @@ use crate::{Error, Result};
 
 const MAGIC: &[u8; 4] = b"GGUF";
 const DEFAULT_ALIGNMENT: u64 = 32;
-/// No real header has strings or arrays anywhere near this long; a larger
-/// length means a corrupt file, and refusing it avoids a huge allocation.
-const MAX_LENGTH: u64 = 1 << 30;
+/// Limits far above any real header (the largest vocabularies hold about
+/// 260 000 tokens, chat templates are tens of kilobytes, models a few
+/// thousand tensors). A larger count means a corrupt or hostile file, and
+/// refusing it bounds what reading it allocates: every count is also checked
+/// against the file's size, but a one-byte array item becomes a 32-byte
+/// value in memory.
+const MAX_STRING_BYTES: u64 = 16 << 20;
+const MAX_ARRAY_ITEMS: u64 = 1 << 22;
+const MAX_METADATA_ENTRIES: u64 = 1 << 16;
+const MAX_TENSORS: u64 = 1 << 20;
+/// The largest `general.alignment` accepted (llama.cpp takes any power of two).
+const MAX_ALIGNMENT: u64 = 1 << 20;
 
 /// A metadata value.
 #[derive(Debug, Clone, PartialEq)]
@@ -138,6 +149,9 @@ impl GgufHeader {
             file_size,
         };
         let header = reader.header(path).map_err(invalid)?;
+        if let Some(reason) = consistency::contradiction(&header) {
+            return Err(invalid(reason));
+        }
         Ok(header)
     }
 
@@ -228,13 +242,16 @@ impl Reader {
                 "GGUF version {version} is not supported (2 and 3 are)"
             ));
         }
-        let tensor_count = self.length("tensor count")?;
-        let kv_count = self.length("metadata count")?;
+        let tensor_count = self.length("tensor count", MAX_TENSORS)?;
+        let kv_count = self.length("metadata count", MAX_METADATA_ENTRIES)?;
         let mut metadata = BTreeMap::new();
         for _ in 0..kv_count {
             let key = self.string()?;
             let value_type = self.u32()?;
-            let value = self.value(value_type)?;
+            let value = self.value(value_type, true)?;
+            if metadata.contains_key(&key) {
+                return Err(format!("the metadata key {key:?} appears twice"));
+            }
             metadata.insert(key, value);
         }
         let mut tensors = Vec::new();
@@ -259,12 +276,17 @@ impl Reader {
                 bytes,
             });
         }
-        let alignment = metadata
-            .get("general.alignment")
-            .and_then(MetadataValue::as_u64)
-            .filter(|a| *a > 0)
-            .unwrap_or(DEFAULT_ALIGNMENT);
+        let alignment = match metadata.get("general.alignment") {
+            None => DEFAULT_ALIGNMENT,
+            Some(value) => value
+                .as_u64()
+                .filter(|a| a.is_power_of_two() && *a <= MAX_ALIGNMENT)
+                .ok_or_else(|| {
+                    format!("general.alignment must be a power of two up to {MAX_ALIGNMENT}, not {value:?}")
+                })?,
+        };
         let position = self.inner.stream_position().map_err(|e| e.to_string())?;
+        // Both at most the file's size and the alignment at most 2^20: no overflow.
         let data_start = position.div_ceil(alignment) * alignment;
         for tensor in &tensors {
             let end = data_start
@@ -316,25 +338,33 @@ impl Reader {
         Ok(u64::from_le_bytes(b))
     }
 
-    fn length(&mut self, what: &str) -> ReadResult<u64> {
+    fn length(&mut self, what: &str, most: u64) -> ReadResult<u64> {
         let n = self.u64()?;
-        if n > MAX_LENGTH || n > self.file_size {
+        if n > self.file_size {
             return Err(format!(
                 "{what} {n} is impossible for a file of {} bytes",
                 self.file_size
+            ));
+        }
+        if n > most {
+            return Err(format!(
+                "{what} {n} is more than any real model has (at most {most} are read)"
             ));
         }
         Ok(n)
     }
 
     fn string(&mut self) -> ReadResult<String> {
-        let len = self.length("string length")?;
+        let len = self.length("string length", MAX_STRING_BYTES)?;
         let mut bytes = vec![0u8; len as usize];
         self.exact(&mut bytes)?;
         String::from_utf8(bytes).map_err(|_| "a header string is not UTF-8".to_string())
     }
 
-    fn value(&mut self, value_type: u32) -> ReadResult<MetadataValue> {
+    /// A value of `value_type`; arrays only where `array_allowed` (GGUF, as
+    /// llama.cpp reads it, has no arrays of arrays, and refusing them keeps
+    /// a hostile file from recursing without end).
+    fn value(&mut self, value_type: u32, array_allowed: bool) -> ReadResult<MetadataValue> {
         Ok(match value_type {
             0 => MetadataValue::Uint(u64::from(self.u8()?)),
             1 => MetadataValue::Int(i64::from(self.u8()? as i8)),
@@ -345,14 +375,15 @@ impl Reader {
             6 => MetadataValue::Float(f64::from(f32::from_bits(self.u32()?))),
             7 => MetadataValue::Bool(self.u8()? != 0),
             8 => MetadataValue::String(self.string()?),
-            9 => {
+            9 if array_allowed => {
                 let item_type = self.u32()?;
-                let len = self.length("array length")?;
+                let len = self.length("array length", MAX_ARRAY_ITEMS)?;
                 let items = (0..len)
-                    .map(|_| self.value(item_type))
+                    .map(|_| self.value(item_type, false))
                     .collect::<ReadResult<Vec<_>>>()?;
                 MetadataValue::Array(items)
             }
+            9 => return Err("an array of arrays (GGUF has none)".to_string()),
             10 => MetadataValue::Uint(self.u64()?),
             11 => MetadataValue::Int(self.u64()? as i64),
             12 => MetadataValue::Float(f64::from_bits(self.u64()?)),

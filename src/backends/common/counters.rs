@@ -1,0 +1,44 @@
+//! What an engine holds and has done, kept as atomics the engine writes and
+//! any thread reads ([`Backend::stats`](crate::backend::Backend::stats)).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::backend::EngineStats;
+
+/// The engine's live counters.
+#[derive(Debug, Default)]
+pub(crate) struct EngineCounters {
+    /// The most requests decoded together so far.
+    peak_sequences: AtomicUsize,
+    /// Requests on a sequence now.
+    active_sequences: AtomicUsize,
+    /// KV cells reserved by them (prompt plus reply budget each).
+    reserved_cells: AtomicUsize,
+    /// Tokens sampled since the engine started, all sequences together.
+    sampled_tokens: AtomicUsize,
+}
+
+impl EngineCounters {
+    /// Publishes what the engine holds now.
+    pub(crate) fn holding(&self, sequences: usize, cells: usize) {
+        self.peak_sequences.fetch_max(sequences, Ordering::Relaxed);
+        self.active_sequences.store(sequences, Ordering::Relaxed);
+        self.reserved_cells.store(cells, Ordering::Relaxed);
+    }
+
+    /// Counts sampled tokens.
+    pub(crate) fn sampled(&self, tokens: usize) {
+        self.sampled_tokens.fetch_add(tokens, Ordering::Relaxed);
+    }
+
+    /// A snapshot.
+    pub(crate) fn stats(&self) -> EngineStats {
+        let get = |counter: &AtomicUsize| counter.load(Ordering::Relaxed);
+        EngineStats {
+            active_sequences: get(&self.active_sequences),
+            reserved_cells: get(&self.reserved_cells),
+            sampled_tokens: get(&self.sampled_tokens),
+            peak_sequences: get(&self.peak_sequences),
+        }
+    }
+}
