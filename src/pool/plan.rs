@@ -438,10 +438,15 @@ impl Layout<'_, '_> {
             .all(|(plan, gpu)| plan.bytes() <= gpu.usable)
     }
 
+    /// Every layer and the head, when they fit.
+    fn whole(&self) -> Option<Vec<DevicePlan>> {
+        let plans = self.place(self.model.layers, true);
+        self.fits(&plans).then_some(plans)
+    }
+
     /// The most trailing layers that fit, with the head when all do.
     fn most_that_fit(&self) -> Option<(u32, Vec<DevicePlan>)> {
-        let whole = self.place(self.model.layers, true);
-        if self.fits(&whole) {
+        if let Some(whole) = self.whole() {
             return Some((self.model.layers, whole));
         }
         (1..=self.model.layers).rev().find_map(|layers| {
@@ -529,8 +534,7 @@ pub fn plan(
         // The whole model: on the freest GPU alone, else split; the context
         // is lowered before layers leave the GPUs.
         let whole = loop {
-            let single = layout(alone, context, false).place(model.layers, true);
-            if layout(alone, context, false).fits(&single) {
+            if let Some(single) = layout(alone, context, false).whole() {
                 reasons.push(format!(
                     "all {} layers and the output fit in {}{}",
                     model.layers,
@@ -543,18 +547,15 @@ pub fn plan(
                 ));
                 break Some((alone, single));
             }
-            if may_split {
-                let split = layout(&usable, context, rows).place(model.layers, true);
-                if layout(&usable, context, rows).fits(&split) {
-                    reasons.push(format!(
-                        "the model does not fit on {} alone ({}); split by {} over {} GPUs in proportion to their usable memory",
-                        best.gpu.name,
-                        margin(best),
-                        if rows { "rows" } else { "layers" },
-                        usable.len()
-                    ));
-                    break Some((usable.as_slice(), split));
-                }
+            if may_split && let Some(split) = layout(&usable, context, rows).whole() {
+                reasons.push(format!(
+                    "the model does not fit on {} alone ({}); split by {} over {} GPUs in proportion to their usable memory",
+                    best.gpu.name,
+                    margin(best),
+                    if rows { "rows" } else { "layers" },
+                    usable.len()
+                ));
+                break Some((usable.as_slice(), split));
             }
             if request.pin_context || context <= floor {
                 break None;

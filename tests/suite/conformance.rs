@@ -362,8 +362,20 @@ pub async fn a_dropped_call_stops_within_a_step_and_frees_what_it_held<H: Harnes
         ..raw_request("The weather today")
     };
     let alone = adapter.generate(beside.clone()).await.unwrap();
+    // llama.cpp's worker publishes what it holds after the step that sent
+    // the reply, so the counters may trail the reply by one step.
+    let idle = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while stats().active_sequences > 0 || stats().reserved_cells > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+    assert!(
+        idle.is_ok(),
+        "the finished call is still held: {:?}",
+        stats()
+    );
     let before = stats();
-    assert_eq!((before.active_sequences, before.reserved_cells), (0, 0));
 
     // The endless call runs until it has sampled a few tokens (the other
     // call sent once it has started), then its future is dropped: what

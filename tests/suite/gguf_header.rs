@@ -186,7 +186,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: fuzz_cases(1000), failure_persistence: None, ..ProptestConfig::default() })]
 
     /// A mutated real header is read or refused with `InvalidModelFile`:
-    /// never a panic, never a huge allocation (the limits in `gguf.rs`),
+    /// never a panic, never a huge allocation (the limits in `gguf/mod.rs`),
     /// never an endless recursion.
     #[test]
     fn mutated_real_headers_are_read_or_refused(mutations in proptest::collection::vec(mutation(), 1..6)) {

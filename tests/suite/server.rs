@@ -220,14 +220,7 @@ async fn models_health_and_metrics_answer() {
         .unwrap();
     assert_eq!(health["status"], "ok");
     post(&server, "/chat/completions", &chat("Hi", json!({}))).await;
-    let metrics = http
-        .get(format!("{root}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = crate::support::metrics_text(&http, &root).await;
     for family in [
         "dsrs_requests_total{endpoint=\"chat\",status=\"200\"} 1",
         "dsrs_prompt_tokens_total",
@@ -452,7 +445,7 @@ async fn a_client_that_disconnects_mid_stream_frees_its_sequence() {
         sampled < budget,
         "the stopped stream sampled {sampled} of {budget} tokens"
     );
-    assert_eq!(backend.stats().reserved_cells, 0);
+    until(|| backend.stats().reserved_cells == 0).await;
     let (status, _) = post(&server, "/chat/completions", &chat("Next", json!({}))).await;
     assert_eq!(status, 200);
 }
@@ -522,7 +515,8 @@ async fn a_full_queue_answers_503_and_a_client_gone_before_its_reply_frees_its_s
         sampled < budget / 2,
         "the abandoned call went on: {sampled} tokens sampled ({queued_tokens} for the queued one)"
     );
-    assert_eq!(backend.stats().reserved_cells, 0);
+    // What the worker holds is published a step after the reply.
+    until(|| backend.stats().reserved_cells == 0).await;
 }
 
 /// Waits (30 s at most) until `done`.

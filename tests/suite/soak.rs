@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::{Served, task_messages};
+use crate::support::{Served, metrics_text, task_messages};
 
 const REQUESTS: usize = 1000;
 const CLIENTS: usize = 32;
@@ -84,15 +84,7 @@ fn resident_bytes(pid: u32) -> u64 {
 
 /// The gauges of `/metrics` that say what the engine holds.
 async fn held(http: &reqwest::Client, base_url: &str) -> Vec<(String, f64)> {
-    let root = base_url.trim_end_matches("/v1");
-    let text = http
-        .get(format!("{root}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(http, base_url).await;
     [
         "dsrs_active_sequences",
         "dsrs_reserved_kv_cells",

@@ -159,3 +159,16 @@ pub fn task_messages(count: usize) -> Vec<serde_json::Value> {
         })
         .collect()
 }
+
+/// A server's `/metrics` text; `root` is its address without `/v1`.
+#[cfg_attr(not(feature = "llamacpp"), allow(dead_code))]
+pub async fn metrics_text(http: &reqwest::Client, root: &str) -> String {
+    let root = root.trim_end_matches("/v1");
+    http.get(format!("{root}/metrics"))
+        .send()
+        .await
+        .expect("the server answers")
+        .text()
+        .await
+        .expect("a whole body")
+}

@@ -75,12 +75,11 @@ impl Backend for CandleBackend {
         let Prepared {
             prompt,
             mut decoder,
-            ..
+            cells,
         } = prepare(model.as_ref(), request, self.context_length)?;
 
         let mut weights = model.lock_weights()?;
-        let reserved = (prompt.len() + request.max_tokens + 1).min(self.context_length);
-        let _holding = Holding::new(&self.counters, reserved);
+        let _holding = Holding::new(&self.counters, cells);
         let reused = if self.reuse_prefix {
             weights.keep_shared_prefix(&prompt)
         } else {

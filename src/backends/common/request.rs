@@ -13,6 +13,8 @@ pub(crate) struct Prepared {
     pub(crate) prompt: Vec<u32>,
     /// The reply's sampler, constraint and stops.
     pub(crate) decoder: Decoder,
+    /// KV cells it may need: prompt plus reply budget, at most the context.
+    pub(crate) cells: usize,
 }
 
 /// Checks and tokenizes `request` on `model` for a context of
@@ -44,7 +46,12 @@ pub(crate) fn prepare(
             needed,
         });
     }
-    Ok(Prepared { prompt, decoder })
+    let cells = (prompt.len() + request.max_tokens + 1).min(context_length);
+    Ok(Prepared {
+        prompt,
+        decoder,
+        cells,
+    })
 }
 
 /// The result of a request stopped before it read its prompt.

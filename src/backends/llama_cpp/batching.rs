@@ -222,19 +222,22 @@ impl<'m> Batcher<'m> {
                 .iter()
                 .filter_map(|s| s.active.as_ref().map(|a| a.reserved))
                 .sum();
-            let reserved = (prepared.prompt.len() + job.request.max_tokens + 1).min(context_length);
-            if in_use + reserved > capacity {
+            if in_use + prepared.cells > capacity {
                 self.waiting.push_front(job);
                 return;
             }
-            self.start(ctx, job, prepared, reserved);
+            self.start(ctx, job, prepared);
         }
     }
 
     /// Puts a prepared request on a free sequence, sharing the longest prefix
     /// any sequence holds.
-    fn start(&mut self, ctx: &mut LlamaContext<'_>, job: Job, prepared: Prepared, reserved: usize) {
-        let Prepared { prompt, decoder } = prepared;
+    fn start(&mut self, ctx: &mut LlamaContext<'_>, job: Job, prepared: Prepared) {
+        let Prepared {
+            prompt,
+            decoder,
+            cells: reserved,
+        } = prepared;
         // At least the last prompt token is read, for its logits (a prepared
         // prompt is never empty).
         let shareable = prompt.len().saturating_sub(1);
