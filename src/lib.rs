@@ -38,11 +38,13 @@
 //! - [`LocalAdapter`]: the one dspy-rs `Adapter`, generic over a [`Backend`],
 //!   with the tool loop for predictors given tools;
 //! - `decode`: sampling and stopping, shared by every backend (internal);
-//! - [`backends`]: the engines (`llama_cpp`, `candle`), one per feature, over
-//!   what they share (`common`);
+//! - [`backends`]: the engines (`llama_cpp`, `candle`, `remote` for serving
+//!   engines over HTTP), one per feature, over what they share (`common`);
 //! - [`hardware`]: what the machine has; [`pool`]: loads sized to it, shared;
 //! - [`lookup`]: finding a model by path, Hugging Face repo or Ollama name;
 //! - [`gguf`]: reading a model file's header without its weights;
+//! - `tokenizer`: a GGUF vocabulary's tokenizer with llama.cpp's rules
+//!   (candle, remote; internal);
 //! - `server` (feature `server`): the OpenAI-compatible server and `LocalAdapter::lm`.
 //!
 //! | feature | what it adds |
@@ -53,13 +55,18 @@
 //! | `vulkan` | Vulkan build of llama.cpp (candle has no Vulkan) |
 //! | `rocm` | ROCm (HIP) build of llama.cpp for AMD GPUs (candle runs on the CPU) |
 //! | `metal` | Metal builds of both backends (macOS) |
+//! | `remote` (default) | `RemoteAdapter` over vLLM, SGLang, llama-server or `dsrs-local serve` endpoints |
 //! | `server` (default) | the OpenAI-compatible server, `LocalAdapter::lm`, the `dsrs-local` binary |
 //! | `test-utils` | a scripted backend and a GGUF model writer for tests |
 //! | `task-data` | the task families of the crate's own model (tests, trainer) |
 #![warn(unreachable_pub, clippy::unwrap_used, clippy::print_stdout)]
-// With no backend compiled in, what the backends share has no user; it is
-// still compiled, so that build checks it.
-#![cfg_attr(not(any(feature = "llamacpp", feature = "candle")), allow(dead_code))]
+// A build without every backend leaves parts of what they share unused
+// (with none, all of it); they are still compiled, so such a build checks
+// them, and the default build, which has every backend, finds dead code.
+#![cfg_attr(
+    not(all(feature = "llamacpp", feature = "candle", feature = "remote")),
+    allow(dead_code)
+)]
 
 pub mod adapter;
 pub mod backend;
@@ -75,6 +82,8 @@ mod progress;
 pub mod prompt;
 #[cfg(feature = "server")]
 pub mod server;
+#[cfg(any(feature = "candle", feature = "remote"))]
+mod tokenizer;
 
 #[cfg(feature = "test-utils")]
 pub mod testing;
@@ -100,5 +109,7 @@ pub use backends::common::{EngineConfig, LoadOptions};
 pub use backends::llama_cpp::{
     LlamaCppAdapter, LlamaCppConfig, LlamaCppLoadOptions, LlamaCppModel,
 };
+#[cfg(feature = "remote")]
+pub use backends::remote::{RemoteAdapter, RemoteBackend, RemoteConfig, RemoteEngine};
 #[cfg(feature = "server")]
 pub use server::{BoundServer, RunningServer, Server, ServerOptions};

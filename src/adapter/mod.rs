@@ -347,12 +347,7 @@ fn panic_message(error: tokio::task::JoinError) -> String {
     if !error.is_panic() {
         return error.to_string();
     }
-    let payload = error.into_panic();
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic with no message".into())
+    crate::error::panic_message(&error.into_panic())
 }
 
 fn usage(generation: &Generation) -> LmUsage {

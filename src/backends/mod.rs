@@ -3,7 +3,9 @@
 
 #[cfg(feature = "candle")]
 pub mod candle;
-#[cfg(any(feature = "llamacpp", feature = "candle"))]
+#[cfg(any(feature = "llamacpp", feature = "candle", feature = "remote"))]
 pub mod common;
 #[cfg(feature = "llamacpp")]
 pub mod llama_cpp;
+#[cfg(feature = "remote")]
+pub mod remote;

@@ -272,6 +272,17 @@ impl OutputConstraint {
         }
     }
 
+    /// A grammar given as llguidance Lark text (a request's own, as a serving
+    /// engine takes it). Nothing is known of its structure, so a reply that
+    /// runs out of budget is cut, not closed.
+    pub fn from_lark(lark: impl Into<String>) -> Self {
+        OutputConstraint {
+            lark: lark.into(),
+            closing: ClosingPlan::Free,
+            tool_call: None,
+        }
+    }
+
     /// How to bring a reply to its end when the budget runs short.
     pub(crate) fn closing(&self) -> &ClosingPlan {
         &self.closing

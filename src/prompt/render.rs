@@ -332,6 +332,16 @@ impl ChatTemplate {
         model_adds_bos && !printed
     }
 
+    /// `prompt` as an engine that adds the BOS token itself must read it
+    /// (a serving engine tokenizing text): the BOS the template printed is
+    /// taken off when the model adds one, so it is not there twice.
+    pub fn without_printed_bos<'p>(&self, prompt: &'p str, model_adds_bos: bool) -> &'p str {
+        match prompt.strip_prefix(self.bos_token.as_str()) {
+            Some(rest) if model_adds_bos && !self.bos_token.is_empty() => rest,
+            _ => prompt,
+        }
+    }
+
     /// Renders `chat` ending with the opening of the assistant's turn, ready for generation.
     pub fn render(&self, chat: &Chat) -> Result<String> {
         self.render_with(chat, true)

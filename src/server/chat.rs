@@ -16,7 +16,9 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::engine::SharedEngine;
 use super::errors::ApiError;
-use super::request::{ApiJson, Planned, chat_constraint, chat_tools, plan, render_chat};
+use super::request::{
+    ApiJson, Planned, chat_constraint, chat_tools, grammar_constraint, plan, render_chat,
+};
 use super::wire::{ChatRequest, Usage};
 use super::{AppState, unix_seconds};
 use crate::backend::{FinishReason, Generation, GenerationControl, GenerationRequest};
@@ -57,13 +59,22 @@ async fn respond(
     let engine = state.engine()?;
     let (tools, choice) = chat_tools(&body)?;
     let prompt = render_chat(state, engine.as_ref(), &body.messages, &tools)?;
-    let constraint = chat_constraint(
-        state,
-        engine.as_ref(),
-        &body.messages,
-        body.response_format.as_ref(),
-        (&tools, &choice),
-    )?;
+    let constraint = match grammar_constraint(engine.as_ref(), body.sampling.grammar.as_deref())? {
+        Some(_) if !tools.is_empty() || body.response_format.is_some() => {
+            return Err(ApiError::bad_request(
+                "`grammar` cannot be combined with `tools` or `response_format`",
+            )
+            .with_param("grammar"));
+        }
+        Some(grammar) => Some(grammar),
+        None => chat_constraint(
+            state,
+            engine.as_ref(),
+            &body.messages,
+            body.response_format.as_ref(),
+            (&tools, &choice),
+        )?,
+    };
     // How calls are read back from a reply, when one may make them.
     let calls = (!tools.is_empty() && choice != ToolChoice::None)
         .then(|| engine.template().tool_support().format);

@@ -1,5 +1,6 @@
 //! `POST /v1/completions`: raw text continuation, no chat template; one set
-//! of `n` choices per prompt. Streaming is for chat only: a `stream: true`
+//! of `n` choices per prompt, each bound by the request's `grammar` if it
+//! has one (how the remote backend sends a rendered DSPy prompt). Streaming is for chat only: a `stream: true`
 //! request here is refused rather than answered in another shape.
 
 use std::time::Instant;
@@ -10,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::chat::{finish_reason, response_id, shared_prompt_usage};
 use super::errors::ApiError;
-use super::request::{ApiJson, plan};
+use super::request::{ApiJson, grammar_constraint, plan};
 use super::wire::{CompletionRequest, Prompt, Usage};
 use super::{AppState, unix_seconds};
 
@@ -47,9 +48,16 @@ async fn respond(
             return Err(ApiError::bad_request("`prompt` must not be empty").with_param("prompt"));
         }
     };
+    let constraint = grammar_constraint(engine.as_ref(), body.sampling.grammar.as_deref())?;
     let mut requests = Vec::new();
     for prompt in prompts {
-        let planned = plan(state, engine.as_ref(), prompt, body.sampling.clone(), None)?;
+        let planned = plan(
+            state,
+            engine.as_ref(),
+            prompt,
+            body.sampling.clone(),
+            constraint.clone(),
+        )?;
         requests.extend(planned.choices);
     }
     let generations = futures_util::future::join_all(

@@ -29,6 +29,8 @@ const MAX_STOP_BYTES: usize = 256;
 /// tools' parameters together): far above real ones, and it bounds the work
 /// of compiling the grammar before the request is refused or run.
 const MAX_SCHEMA_BYTES: usize = 128 << 10;
+/// How a grammar says it is llguidance's Lark (llama-server's convention).
+const LLGUIDANCE_PREFIX: &str = "%llguidance";
 
 /// Refuses a schema over [`MAX_SCHEMA_BYTES`].
 fn check_schema_size<'a>(
@@ -171,7 +173,7 @@ pub(crate) fn plan(
             sampling: Sampling {
                 temperature,
                 top_p,
-                top_k: config.top_k,
+                top_k: fields.top_k.map_or(config.top_k, |k| k as usize),
                 seed: seed.wrapping_add(i),
             },
             max_tokens,
@@ -334,6 +336,37 @@ pub(crate) fn chat_tools(body: &ChatRequest) -> Result<(Vec<ToolSpec>, ToolChoic
         )),
         _ => Ok((specs, choice)),
     }
+}
+
+/// A request's own grammar (`grammar`), checked and compiled: llguidance's
+/// Lark with llama-server's `%llguidance` first line. GBNF is refused by
+/// name rather than misread.
+pub(crate) fn grammar_constraint(
+    engine: &dyn Engine,
+    grammar: Option<&str>,
+) -> Result<Option<OutputConstraint>, ApiError> {
+    let Some(grammar) = grammar else {
+        return Ok(None);
+    };
+    if grammar.len() > MAX_SCHEMA_BYTES {
+        return Err(ApiError::bad_request(format!(
+            "a grammar may have {MAX_SCHEMA_BYTES} bytes; this one has {}",
+            grammar.len()
+        ))
+        .with_param("grammar"));
+    }
+    if !grammar.trim_start().starts_with(LLGUIDANCE_PREFIX) {
+        return Err(ApiError::bad_request(format!(
+            "only llguidance Lark grammars are taken (first line `{LLGUIDANCE_PREFIX} {{}}`); GBNF is not"
+        ))
+        .with_param("grammar"));
+    }
+    let constraint = OutputConstraint::from_lark(grammar);
+    engine
+        .constraint_compiler()?
+        .matcher(&constraint)
+        .map_err(|e| ApiError::from(e).with_param("grammar"))?;
+    Ok(Some(constraint))
 }
 
 /// The reply's grammar: `response_format` when given, else a DSPy prompt's

@@ -101,6 +101,14 @@ pub(crate) struct SamplingFields {
     pub(crate) stop: Option<Stop>,
     #[serde(default)]
     pub(crate) seed: Option<u64>,
+    /// llama-server's and vLLM's extension: keep this many likeliest tokens.
+    #[serde(default)]
+    pub(crate) top_k: Option<u32>,
+    /// llama-server's field: a grammar the reply must follow. Taken in
+    /// llguidance's Lark (first line `%llguidance {}`, as llama-server built
+    /// with llguidance takes it), the dialect of the crate's own grammars.
+    #[serde(default)]
+    pub(crate) grammar: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

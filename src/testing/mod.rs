@@ -3,23 +3,25 @@
 //! semver: it changes with the crate's own tests.
 
 mod gguf_writer;
+mod llama_server;
 mod mock;
 mod model_builder;
 #[cfg(feature = "task-data")]
 pub mod tasks;
-#[cfg(feature = "candle")]
+#[cfg(any(feature = "candle", feature = "remote"))]
 mod tokenizer;
 #[cfg(feature = "task-data")]
 pub mod tool_task;
 
 use std::path::PathBuf;
 
+pub use llama_server::{LlamaServerProcess, llama_server_binary};
 pub use mock::ScriptedBackend;
 pub use model_builder::{
     BYTE_LEVEL_SPECIAL_TOKENS, TEST_SLIDING_WINDOW, TestArchitecture, TestModelSpec, TestTokenizer,
     WeightType,
 };
-#[cfg(feature = "candle")]
+#[cfg(any(feature = "candle", feature = "remote"))]
 pub use tokenizer::GgufTokenizer;
 
 /// `<relative>` under the shared models folder, when present: the folder named

@@ -1,9 +1,9 @@
-//! The candle backend's tokenizer, for tests and the trainer: built from a
+//! The crate's GGUF tokenizer, for tests and the trainer: built from a
 //! GGUF header alone, it gives llama.cpp's token ids.
 
 use crate::Result;
-use crate::backends::candle::tokenizer::GgufTokenizer as Inner;
 use crate::gguf::GgufHeader;
+use crate::tokenizer::GgufTokenizer as Inner;
 
 /// A GGUF vocabulary with llama.cpp's tokenization rules.
 #[derive(Debug)]

@@ -16,6 +16,8 @@ mod dspy_routes;
 mod gpu;
 #[cfg(feature = "llamacpp")]
 mod llama_cpp;
+#[cfg(all(feature = "remote", feature = "llamacpp"))]
+mod remote;
 #[cfg(feature = "llamacpp")]
 mod server;
 #[cfg(feature = "llamacpp")]

@@ -196,6 +196,68 @@ async fn completions_continue_raw_text_as_the_adapter_does() {
     );
 }
 
+/// A request's own `grammar` (llguidance Lark, llama-server's `%llguidance`
+/// form) binds the reply on both endpoints, as the remote backend sends it;
+/// GBNF, a grammar that does not compile, and a grammar beside tools are
+/// refused naming `grammar`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_grammar_binds_the_reply_and_gbnf_is_refused_by_name() {
+    let server = start(adapter(1), ServerOptions::default());
+    let grammar = "%llguidance {}\nstart: /[0-9]{3}-[a-c]{2}/\n";
+    let follows = |reply: &str| {
+        let bytes = reply.as_bytes();
+        bytes.len() == 6
+            && bytes[..3].iter().all(u8::is_ascii_digit)
+            && bytes[3] == b'-'
+            && bytes[4..].iter().all(|b| b"abc".contains(b))
+    };
+    let body = json!({"prompt": "Once upon a time", "max_tokens": 12, "grammar": grammar});
+    let (status, reply) = post(&server, "/completions", &body).await;
+    assert_eq!(status, 200, "{reply}");
+    let text = reply["choices"][0]["text"].as_str().unwrap_or_default();
+    assert!(follows(text), "{text:?}");
+    let (status, reply) = post(
+        &server,
+        "/chat/completions",
+        &chat("Hi", json!({"grammar": grammar})),
+    )
+    .await;
+    assert_eq!(status, 200, "{reply}");
+    let text = reply["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(follows(text), "{text:?}");
+
+    let tool =
+        json!([{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]);
+    for (path, body, mentions) in [
+        (
+            "/completions",
+            json!({"prompt": "x", "grammar": "root ::= \"a\""}),
+            "GBNF",
+        ),
+        (
+            "/completions",
+            json!({"prompt": "x", "grammar": "%llguidance {}\nstart: undefined_rule\n"}),
+            "undefined_rule",
+        ),
+        (
+            "/chat/completions",
+            chat("x", json!({"grammar": grammar, "tools": tool})),
+            "cannot be combined",
+        ),
+    ] {
+        let (status, reply) = post(&server, path, &body).await;
+        assert_eq!(status, 400, "{reply}");
+        assert_eq!(reply["error"]["param"], "grammar", "{reply}");
+        let message = reply["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(mentions),
+            "{message:?} should mention {mentions:?}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn models_health_and_metrics_answer() {
     let server = start(adapter(1), ServerOptions::default());

@@ -44,7 +44,6 @@ mod model;
     path = "thread_binding_none.rs"
 )]
 mod thread_binding;
-pub(crate) mod tokenizer;
 mod transformer;
 
 use std::sync::Arc;

@@ -10,14 +10,14 @@ use candle_core::Device;
 use candle_core::quantized::{GgmlDType, gguf_file};
 
 use super::family::{Family, SUPPORTED_ARCHITECTURES};
-use super::tokenizer::GgufTokenizer;
 use super::transformer::Transformer;
 use crate::backend::{LoadModel, LocalModel, Placement};
 use crate::backends::common::LoadOptions;
 use crate::error::cause;
 use crate::gguf::GgufHeader;
 use crate::hardware::{AcceleratorKind, DeviceId};
-use crate::model_card::{ModelCard, TokenTexts};
+use crate::model_card::ModelCard;
+use crate::tokenizer::GgufTokenizer;
 use crate::{Error, Result};
 
 pub(super) const BACKEND: &str = "candle";
@@ -132,7 +132,7 @@ impl CandleModel {
         let card = ModelCard::new(
             BACKEND,
             header,
-            token_texts(&tokenizer),
+            tokenizer.token_texts(),
             options.context_length,
         )?;
         let max_positions = card
@@ -212,35 +212,6 @@ impl LocalModel for CandleModel {
 
     fn encode(&self, text: &str, add_bos: bool) -> Vec<u32> {
         self.tokenizer.encode(text, add_bos)
-    }
-}
-
-/// The vocabulary as the shared model card describes it.
-fn token_texts(tokenizer: &GgufTokenizer) -> TokenTexts {
-    let pieces = tokenizer.pieces().to_vec();
-    let special_names = pieces
-        .iter()
-        .enumerate()
-        .filter(|(_, piece)| piece.is_empty())
-        .filter_map(|(id, _)| {
-            let id = id as u32;
-            let name = tokenizer.token_text(id)?;
-            (!name.is_empty()).then(|| (id, name.as_bytes().to_vec()))
-        })
-        .collect();
-    let text_of = |id: Option<u32>| {
-        id.and_then(|id| tokenizer.token_text(id))
-            .unwrap_or("")
-            .to_string()
-    };
-    TokenTexts {
-        pieces,
-        special_names,
-        end_of_generation: tokenizer.end_of_generation().to_vec(),
-        bos: tokenizer.bos(),
-        adds_bos: tokenizer.adds_bos(),
-        bos_text: text_of(tokenizer.bos()),
-        eos_text: text_of(tokenizer.eos()),
     }
 }
 

@@ -26,6 +26,18 @@ impl EngineCounters {
         self.reserved_cells.store(cells, Ordering::Relaxed);
     }
 
+    /// One more generation holds a sequence (an engine that counts them one
+    /// by one rather than publishing its batch).
+    pub(crate) fn started(&self) {
+        let now = self.active_sequences.fetch_add(1, Ordering::Relaxed) + 1;
+        self.peak_sequences.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// One generation let go of its sequence.
+    pub(crate) fn ended(&self) {
+        self.active_sequences.fetch_sub(1, Ordering::Relaxed);
+    }
+
     /// Counts sampled tokens.
     pub(crate) fn sampled(&self, tokens: usize) {
         self.sampled_tokens.fetch_add(tokens, Ordering::Relaxed);

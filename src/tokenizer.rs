@@ -10,6 +10,9 @@
 //!
 //! Both split out special tokens (control, user-defined, unknown) first, as
 //! llama.cpp does with special-token parsing on.
+//!
+//! Used where llama.cpp's own tokenizer is not at hand: the candle backend,
+//! and the remote backend (which counts a prompt's tokens before sending it).
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, HashMap};
@@ -17,6 +20,7 @@ use std::collections::{BinaryHeap, HashMap};
 use fancy_regex::Regex;
 
 use crate::gguf::{GgufHeader, MetadataValue, gpt2_byte_char as byte_to_char};
+use crate::model_card::TokenTexts;
 use crate::{Error, Result};
 
 const TOKEN_TYPE_NORMAL: u64 = 1;
@@ -57,12 +61,40 @@ enum Kind {
 
 fn tokenizer_error(reason: impl Into<String>) -> Error {
     Error::Tokenizer {
-        backend: "candle",
+        backend: "GGUF",
         reason: reason.into(),
     }
 }
 
 impl GgufTokenizer {
+    /// The vocabulary as the shared model card describes it.
+    pub(crate) fn token_texts(&self) -> TokenTexts {
+        let pieces = self.pieces().to_vec();
+        let special_names = pieces
+            .iter()
+            .enumerate()
+            .filter(|(_, piece)| piece.is_empty())
+            .filter_map(|(id, _)| {
+                let id = id as u32;
+                let name = self.token_text(id)?;
+                (!name.is_empty()).then(|| (id, name.as_bytes().to_vec()))
+            })
+            .collect();
+        let text_of = |id: Option<u32>| {
+            id.and_then(|id| self.token_text(id))
+                .unwrap_or("")
+                .to_string()
+        };
+        TokenTexts {
+            pieces,
+            special_names,
+            end_of_generation: self.end_of_generation().to_vec(),
+            bos: self.bos(),
+            adds_bos: self.adds_bos(),
+            bos_text: text_of(self.bos()),
+            eos_text: text_of(self.eos()),
+        }
+    }
     /// Builds the tokenizer from a GGUF header.
     pub(crate) fn from_header(header: &GgufHeader) -> Result<Self> {
         let model = header.get_str("tokenizer.ggml.model").unwrap_or("llama");
@@ -584,7 +616,7 @@ fn pre_tokenizer_regexes(pre: &str) -> Result<Vec<&'static str>> {
         }
         other => {
             return Err(tokenizer_error(format!(
-                "pre-tokenizer `{other}` is not supported by the candle backend's tokenizer"
+                "pre-tokenizer `{other}` is not supported by the crate's GGUF tokenizer"
             )));
         }
     })
