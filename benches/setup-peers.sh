@@ -60,9 +60,17 @@ if [ ! -f "$LLG_MARK" ]; then
     step "llguidance source from cargo's registry"
     cargo fetch --quiet >/dev/null 2>&1 || true
     LLG_VERSION="$(awk '/^name = "llguidance"$/ {getline; print $3}' Cargo.lock | tr -d '"')"
-    REGISTRY="${CARGO_HOME:-$HOME/.cargo}/registry/src"
-    LLG_CRATE="$(ls -d "$REGISTRY"/*/"llguidance-$LLG_VERSION" 2>/dev/null | head -1)"
-    if [ -n "$LLG_CRATE" ]; then
+    REGISTRY="${CARGO_HOME:-$HOME/.cargo}/registry"
+    # Unpacked by an earlier build, else the downloaded .crate (a tar.gz;
+    # `cargo fetch` downloads without unpacking).
+    LLG_CRATE="$(ls -d "$REGISTRY"/src/*/"llguidance-$LLG_VERSION" 2>/dev/null | head -1)"
+    LLG_ARCHIVE="$(ls "$REGISTRY"/cache/*/"llguidance-$LLG_VERSION.crate" 2>/dev/null | head -1)"
+    if [ -z "$LLG_CRATE" ] && [ -n "$LLG_ARCHIVE" ]; then
+        mkdir -p "$PEERS_DIR/llguidance-crate" &&
+            tar xzf "$LLG_ARCHIVE" -C "$PEERS_DIR/llguidance-crate" &&
+            LLG_CRATE="$PEERS_DIR/llguidance-crate/llguidance-$LLG_VERSION"
+    fi
+    if [ -n "$LLG_CRATE" ] && [ -d "$LLG_CRATE" ]; then
         rm -rf "$LLG_SRC" && mkdir -p "$(dirname "$LLG_SRC")" &&
             cp -r "$LLG_CRATE" "$LLG_SRC" &&
             printf '\n[workspace]\n' >>"$LLG_SRC/Cargo.toml" && # not ours

@@ -13,7 +13,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use dsrs_local::testing::tasks::{TaskExample, TaskFamily, TaskStream};
+use dsrs_local::testing::tasks::{TaskExample, TaskStream};
 use dsrs_local::testing::{LlamaServerProcess, task_model_path};
 use dsrs_local::{GenerationConfig, ModelSource, RemoteAdapter, RemoteConfig, RemoteEngine};
 use futures::StreamExt;
@@ -55,16 +55,7 @@ impl Run {
 }
 
 fn examples() -> Vec<TaskExample> {
-    let families = [
-        TaskFamily::Arithmetic,
-        TaskFamily::Capital,
-        TaskFamily::Sentiment,
-        TaskFamily::Parity,
-    ];
-    let mut stream = TaskStream::held_out(2031);
-    (0..EXAMPLES)
-        .map(|i| stream.sample(families[i % families.len()], i % 3))
-        .collect()
+    TaskStream::held_out(2031).short_answers(EXAMPLES)
 }
 
 fn start_servers(model: &std::path::Path, count: usize) -> anyhow::Result<Vec<LlamaServerProcess>> {

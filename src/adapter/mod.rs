@@ -347,7 +347,7 @@ fn panic_message(error: tokio::task::JoinError) -> String {
     if !error.is_panic() {
         return error.to_string();
     }
-    crate::error::panic_message(&error.into_panic())
+    crate::error::panic_message(error.into_panic().as_ref())
 }
 
 fn usage(generation: &Generation) -> LmUsage {

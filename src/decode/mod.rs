@@ -79,10 +79,23 @@ impl Decoder {
     }
 
     /// Chooses the next token from the model's logits for the last position.
-    /// The logits are masked in place.
+    /// The logits may be masked in place.
+    ///
+    /// Greedy and constrained, the most likely token is checked against the
+    /// grammar first; only when the grammar refuses it is the whole mask
+    /// computed (the mask's cost grows with the vocabulary; one check does
+    /// not). The token is the same either way: the first highest logit of
+    /// all, when allowed, is also the first highest of the allowed ones.
     pub(crate) fn next_token(&mut self, logits: &mut [f32]) -> Result<u32> {
         let started = Instant::now();
         if let Some(constraint) = &mut self.constraint {
+            if self.sampler.is_greedy()
+                && let Some(best) = sampler::argmax(logits)
+                && constraint.allows(best)
+            {
+                self.token_choice += started.elapsed();
+                return Ok(best);
+            }
             constraint.mask_logits(logits)?;
         }
         let token = self.sampler.sample(logits);
@@ -285,6 +298,71 @@ mod tests {
         assert_eq!(streamed, generation.text);
     }
 
+    /// A signature with these output fields and no inputs.
+    fn outputs(fields: &[(&str, crate::prompt::ValueKind)]) -> crate::prompt::SignatureFields {
+        crate::prompt::SignatureFields {
+            inputs: vec![],
+            outputs: fields
+                .iter()
+                .map(|(name, kind)| crate::prompt::FieldSpec {
+                    name: (*name).into(),
+                    type_name: String::new(),
+                    kind: kind.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    /// The greedy fast path picks exactly what masking then taking the
+    /// argmax picks, step after step, on random logits over a DSPy grammar
+    /// (typed and free-text fields): the replies are the same.
+    #[test]
+    fn the_greedy_fast_path_picks_what_the_full_mask_picks() {
+        use crate::prompt::{OutputConstraint, ValueKind};
+        use rand::{Rng, SeedableRng};
+        let fields = outputs(&[
+            ("reasoning", ValueKind::Text),
+            ("answer", ValueKind::Integer { min: -5, max: 1000 }),
+        ]);
+        let constraint = OutputConstraint::for_fields(&fields, 40);
+        let compiler = crate::prompt::ConstraintCompiler::single_byte().unwrap();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let mut fast_hits = 0;
+        for _ in 0..40 {
+            let mut full = compiler.matcher(&constraint).unwrap();
+            let mut request = request(200, &[]);
+            request.constraint = Some(constraint.clone());
+            let fast = compiler.matcher(&constraint).unwrap();
+            let mut decoder = Decoder::new(&request, Some(fast), vec![256]);
+            for _ in 0..120 {
+                // Logits that favour marker and digit bytes, so the grammar
+                // accepts the best one often and refuses it often.
+                let logits: Vec<f32> = (0..=256)
+                    .map(|id| {
+                        let bonus = match id as u8 {
+                            b'[' | b']' | b'#' | b' ' | b'\n' | b'0'..=b'9' => 2.0,
+                            _ => 0.0,
+                        };
+                        rng.random::<f32>() + bonus
+                    })
+                    .collect();
+                let mut masked = logits.clone();
+                full.mask_logits(&mut masked).unwrap();
+                let expected = sampler::argmax(&masked).unwrap();
+                let before = sampler::argmax(&logits);
+                let token = decoder.next_token(&mut logits.clone()).unwrap();
+                assert_eq!(token, expected);
+                fast_hits += usize::from(before == Some(token));
+                full.accept(token).unwrap();
+                let piece = [token as u8];
+                if token == 256 || decoder.push(token, &piece).unwrap().is_some() {
+                    break;
+                }
+            }
+        }
+        assert!(fast_hits > 100, "the fast path was taken {fast_hits} times");
+    }
+
     #[test]
     fn a_cancelled_reply_ends_at_the_next_token() {
         let request = request(20, &[]);
@@ -328,21 +406,13 @@ mod tests {
 
     #[test]
     fn a_rambling_reply_is_closed_in_its_budget_and_parses() {
-        use crate::prompt::{FieldSpec, OutputConstraint, SignatureFields, ValueKind, parse_reply};
-        let field = |name: &str, kind: ValueKind| FieldSpec {
-            name: name.into(),
-            type_name: String::new(),
-            kind,
-        };
-        let fields = SignatureFields {
-            inputs: vec![],
-            outputs: vec![
-                field("answer", ValueKind::Text),
-                field("total", ValueKind::Integer { min: -5, max: 1000 }),
-                field("tags", ValueKind::List(Box::new(ValueKind::Text))),
-                field("note", ValueKind::Text),
-            ],
-        };
+        use crate::prompt::{OutputConstraint, ValueKind, parse_reply};
+        let fields = outputs(&[
+            ("answer", ValueKind::Text),
+            ("total", ValueKind::Integer { min: -5, max: 1000 }),
+            ("tags", ValueKind::List(Box::new(ValueKind::Text))),
+            ("note", ValueKind::Text),
+        ]);
         // A single-byte vocabulary: the shortest whole reply is about 105 tokens.
         for budget in [110, 120, 150, 200, 400] {
             let constraint = OutputConstraint::for_fields(&fields, 1000);

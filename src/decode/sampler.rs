@@ -22,6 +22,11 @@ impl Sampler {
         Sampler { sampling, rng }
     }
 
+    /// Whether it always picks the most likely token.
+    pub(crate) fn is_greedy(&self) -> bool {
+        self.sampling.is_greedy()
+    }
+
     /// Picks a token id. Logits of −∞ (masked by a constraint) are never picked.
     /// Returns `None` only when every logit is −∞ or NaN.
     pub(crate) fn sample(&mut self, logits: &[f32]) -> Option<u32> {

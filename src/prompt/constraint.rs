@@ -627,6 +627,12 @@ impl ConstraintMatcher {
         Ok(())
     }
 
+    /// Whether the grammar allows `token` next (nothing changes): what
+    /// [`mask_logits`](Self::mask_logits) would leave, for one token.
+    pub(crate) fn allows(&mut self, token: u32) -> bool {
+        !self.matcher.is_stopped() && self.validates(&[token])
+    }
+
     /// Advances the grammar by a sampled token.
     pub fn accept(&mut self, token: u32) -> Result<()> {
         if self.matcher.is_stopped() {

@@ -403,6 +403,22 @@ impl TaskStream {
         self.fill(family, shape, demos)
     }
 
+    /// `count` questions of the short-answer families (arithmetic, capital,
+    /// sentiment, parity) in turn, with 0, 1 or 2 demos in turn: on them the
+    /// own model answers with wide margins, so a reply does not hang on the
+    /// rounding of one batch shape against another.
+    pub fn short_answers(&mut self, count: usize) -> Vec<TaskExample> {
+        const FAMILIES: [TaskFamily; 4] = [
+            TaskFamily::Arithmetic,
+            TaskFamily::Capital,
+            TaskFamily::Sentiment,
+            TaskFamily::Parity,
+        ];
+        (0..count)
+            .map(|i| self.sample(FAMILIES[i % FAMILIES.len()], i % 3))
+            .collect()
+    }
+
     /// Every country of [`CAPITALS`] once, each in a random capital shape.
     pub fn every_capital(&mut self, demos: usize) -> Vec<TaskExample> {
         (0..CAPITALS.len())

@@ -117,6 +117,47 @@ async fn the_template_bos_is_not_doubled() {
     assert_eq!(bos_count, 1, "{tokens:?}");
 }
 
+/// Calls that arrive together with a prefix no cache holds yet read it
+/// once: the first reads it (over several steps: the batch is smaller than
+/// the prefix) while the others wait, then they copy it.
+#[tokio::test(flavor = "multi_thread")]
+async fn calls_arriving_together_read_their_shared_prefix_once() {
+    use dsrs_local::testing::task_model_path;
+    let model =
+        Arc::new(LlamaCppModel::load(task_model_path(), LlamaCppLoadOptions::default()).unwrap());
+    let config = LlamaCppConfig::default()
+        .with_context_length(4096)
+        .with_batch_size(64)
+        .with_parallel_sequences(4)
+        .with_generation(GenerationConfig::default().with_max_concurrency(4));
+    let together = LlamaCppAdapter::from_loaded_model(model, config);
+    let prefix: String = (0..60)
+        .map(|i| format!("Fact {i}: the sky is blue. "))
+        .collect();
+    let prompts: Vec<String> = (0..4).map(|i| format!("{prefix}Question {i}?")).collect();
+    let prefix_tokens = together.backend().count_tokens(&prefix).unwrap();
+    assert!(
+        prefix_tokens > 4 * 64,
+        "the prefix takes several steps to read"
+    );
+    let generations = futures::future::join_all(
+        prompts
+            .iter()
+            .map(|p| together.generate(GenerationRequest::new(p.clone(), 8))),
+    )
+    .await;
+    let mut cached: Vec<usize> = generations
+        .into_iter()
+        .map(|generation| generation.unwrap().cached_prompt_tokens)
+        .collect();
+    cached.sort_unstable();
+    assert_eq!(cached[0], 0, "one call read the prefix: {cached:?}");
+    assert!(
+        cached[1..].iter().all(|&c| c + 2 >= prefix_tokens),
+        "the others copied all of it ({prefix_tokens} tokens): {cached:?}"
+    );
+}
+
 /// Concurrent calls are decoded together, as sequences of one batch sharing
 /// their common prefixes, and answer exactly as the same calls made one by
 /// one on a cold context.

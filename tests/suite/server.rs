@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 
 use crate::MultiField;
 use crate::conformance::TINY_CHAT_MODEL;
+use crate::support::follows_code_grammar;
 
 static MODEL: LazyLock<Arc<LlamaCppModel>> = LazyLock::new(|| {
     Arc::new(
@@ -204,18 +205,11 @@ async fn completions_continue_raw_text_as_the_adapter_does() {
 async fn a_request_grammar_binds_the_reply_and_gbnf_is_refused_by_name() {
     let server = start(adapter(1), ServerOptions::default());
     let grammar = "%llguidance {}\nstart: /[0-9]{3}-[a-c]{2}/\n";
-    let follows = |reply: &str| {
-        let bytes = reply.as_bytes();
-        bytes.len() == 6
-            && bytes[..3].iter().all(u8::is_ascii_digit)
-            && bytes[3] == b'-'
-            && bytes[4..].iter().all(|b| b"abc".contains(b))
-    };
     let body = json!({"prompt": "Once upon a time", "max_tokens": 12, "grammar": grammar});
     let (status, reply) = post(&server, "/completions", &body).await;
     assert_eq!(status, 200, "{reply}");
     let text = reply["choices"][0]["text"].as_str().unwrap_or_default();
-    assert!(follows(text), "{text:?}");
+    assert!(follows_code_grammar(text), "{text:?}");
     let (status, reply) = post(
         &server,
         "/chat/completions",
@@ -226,7 +220,7 @@ async fn a_request_grammar_binds_the_reply_and_gbnf_is_refused_by_name() {
     let text = reply["choices"][0]["message"]["content"]
         .as_str()
         .unwrap_or_default();
-    assert!(follows(text), "{text:?}");
+    assert!(follows_code_grammar(text), "{text:?}");
 
     let tool =
         json!([{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]);

@@ -129,26 +129,17 @@ impl Drop for Served {
     }
 }
 
-/// `count` held-out questions of the own model's short-answer families, as
-/// the OpenAI messages dspy-rs's `ChatAdapter` sends for them. On its own
-/// tasks the model answers with wide margins, so a reply does not hang on
-/// the rounding of one batch shape against another (a question it was
-/// never trained on can: a near tie that a batch of 8 and a batch of 1
-/// break differently).
+/// `count` held-out questions of the own model's short-answer families
+/// ([`TaskStream::short_answers`](dsrs_local::testing::tasks::TaskStream::short_answers)),
+/// as the OpenAI messages dspy-rs's `ChatAdapter` sends for them.
 #[cfg_attr(not(feature = "llamacpp"), allow(dead_code))]
 pub fn task_messages(count: usize) -> Vec<serde_json::Value> {
     use dspy_rs::adapter::Adapter;
-    use dsrs_local::testing::tasks::{TaskFamily, TaskStream};
-    let families = [
-        TaskFamily::Arithmetic,
-        TaskFamily::Capital,
-        TaskFamily::Sentiment,
-        TaskFamily::Parity,
-    ];
-    let mut stream = TaskStream::held_out(2028);
-    (0..count)
-        .map(|i| {
-            let example = stream.sample(families[i % families.len()], i % 3);
+    use dsrs_local::testing::tasks::TaskStream;
+    TaskStream::held_out(2028)
+        .short_answers(count)
+        .into_iter()
+        .map(|example| {
             let chat = dspy_rs::ChatAdapter.format(&example.signature, example.inputs.clone());
             serde_json::Value::from(
                 chat.messages
@@ -158,6 +149,17 @@ pub fn task_messages(count: usize) -> Vec<serde_json::Value> {
             )
         })
         .collect()
+}
+
+/// Whether `reply` is three digits, a dash and two of `a`–`c`: what the
+/// grammar `/[0-9]{3}-[a-c]{2}/` allows, which no model writes unbidden.
+#[cfg_attr(not(feature = "llamacpp"), allow(dead_code))]
+pub fn follows_code_grammar(reply: &str) -> bool {
+    let bytes = reply.as_bytes();
+    bytes.len() == 6
+        && bytes[..3].iter().all(u8::is_ascii_digit)
+        && bytes[3] == b'-'
+        && bytes[4..].iter().all(|b| b"abc".contains(b))
 }
 
 /// A server's `/metrics` text; `root` is its address without `/v1`.

@@ -16,6 +16,13 @@
 //! changed instruction or demo changes the tokens, so sharing stops there by
 //! itself.
 //!
+//! Requests that arrive together with a prefix no sequence holds yet (the
+//! first wave of an evaluation, an optimizer trying a new instruction) would
+//! each read it: admission starts the first and holds back the others that
+//! share at least [`WORTH_WAITING`] more tokens with a running prompt than
+//! any cache holds, until that prompt has been read; then they copy it. Each
+//! prefix is read and stored once.
+//!
 //! Memory: the context's cells are shared by all sequences. A request is
 //! admitted when the cells it may need (prompt plus reply budget, at most the
 //! context) fit beside those reserved by the running ones; otherwise it waits.
@@ -39,6 +46,11 @@ use crate::backend::{FinishReason, Generation, GenerationRequest, Timings};
 use crate::backends::common::{EngineCounters, Prepared, cancelled_before_start, prepare};
 use crate::decode::Decoder;
 use crate::{Error, Result};
+
+/// Prompt tokens a request must gain by waiting for a running request to
+/// read them before it starts (about a step's worth of decode time; a
+/// shorter wait costs more than reading them).
+const WORTH_WAITING: usize = 32;
 
 /// A request and where its result goes.
 pub(super) struct Job {
@@ -141,6 +153,9 @@ struct Batcher<'m> {
     settings: ContextSettings,
     sequences: Vec<Sequence>,
     waiting: VecDeque<Job>,
+    /// Prepared requests held back until a running request has read the
+    /// prefix they share with it (oldest first).
+    deferred: Vec<(Job, Prepared)>,
     /// What it holds and has done, for the backend to report.
     counters: Arc<EngineCounters>,
 }
@@ -158,6 +173,7 @@ impl<'m> Batcher<'m> {
                 .map(|_| Sequence::default())
                 .collect(),
             waiting: VecDeque::new(),
+            deferred: Vec::new(),
             counters,
         }
     }
@@ -175,7 +191,7 @@ impl<'m> Batcher<'m> {
     fn serve(&mut self, ctx: &mut LlamaContext<'_>, jobs: &Receiver<Job>) {
         loop {
             // Block only when there is nothing to do.
-            if self.running() == 0 && self.waiting.is_empty() {
+            if self.running() == 0 && self.waiting.is_empty() && self.deferred.is_empty() {
                 match jobs.recv() {
                     Ok(job) => self.waiting.push_back(job),
                     Err(_) => return,
@@ -196,10 +212,22 @@ impl<'m> Batcher<'m> {
         }
     }
 
-    /// Starts waiting requests while sequences and cells allow.
+    /// Starts held-back and waiting requests while sequences and cells
+    /// allow, holding back those worth waiting for a prefix.
     fn admit(&mut self, ctx: &mut LlamaContext<'_>) {
         let capacity = ctx.n_ctx() as usize;
         let context_length = capacity.min(self.settings.context_length);
+        for (job, prepared) in std::mem::take(&mut self.deferred) {
+            if job.request.control.is_cancelled() {
+                let _ = job.reply.send(Ok(cancelled_before_start()));
+            } else if self.has_room(capacity, prepared.cells)
+                && !self.worth_waiting(&prepared.prompt)
+            {
+                self.start(ctx, job, prepared);
+            } else {
+                self.deferred.push((job, prepared));
+            }
+        }
         // No request is prepared (tokenized, grammar compiled) while every
         // sequence is busy.
         while self.sequences.iter().any(|s| s.active.is_none())
@@ -217,17 +245,50 @@ impl<'m> Batcher<'m> {
                     continue;
                 }
             };
-            let in_use: usize = self
-                .sequences
-                .iter()
-                .filter_map(|s| s.active.as_ref().map(|a| a.reserved))
-                .sum();
-            if in_use + prepared.cells > capacity {
+            if !self.has_room(capacity, prepared.cells) {
                 self.waiting.push_front(job);
                 return;
             }
+            if self.worth_waiting(&prepared.prompt) {
+                self.deferred.push((job, prepared));
+                continue;
+            }
             self.start(ctx, job, prepared);
         }
+    }
+
+    /// Whether a free sequence and `cells` more cells are there.
+    fn has_room(&self, capacity: usize, cells: usize) -> bool {
+        let in_use: usize = self
+            .sequences
+            .iter()
+            .filter_map(|s| s.active.as_ref().map(|a| a.reserved))
+            .sum();
+        self.sequences.iter().any(|s| s.active.is_none()) && in_use + cells <= capacity
+    }
+
+    /// Whether `prompt` shares at least [`WORTH_WAITING`] more tokens with a
+    /// running request's prompt than any sequence's cache holds now: it
+    /// starts once that request has read them, and copies them.
+    fn worth_waiting(&self, prompt: &[u32]) -> bool {
+        if !self.settings.reuse_prefix {
+            return false;
+        }
+        let shareable = prompt.len().saturating_sub(1);
+        let held = self
+            .sequences
+            .iter()
+            .map(|s| common_prefix(&s.tokens, prompt))
+            .max()
+            .unwrap_or(0);
+        let coming = self
+            .sequences
+            .iter()
+            .filter_map(|s| s.active.as_ref())
+            .map(|a| common_prefix(&a.prompt, prompt))
+            .max()
+            .unwrap_or(0);
+        coming.min(shareable) >= held + WORTH_WAITING
     }
 
     /// Puts a prepared request on a free sequence, sharing the longest prefix
