@@ -3,13 +3,12 @@
 //! and Python DSPy with `llama-cpp-python`'s server. Each is optional: when
 //! one is missing the benchmark says why and goes on without it.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
 use anyhow::Context;
+use dsrs_local::testing::LlamaServerProcess;
 use serde_json::Value;
 
 /// Where the peers live.
@@ -101,7 +100,7 @@ pub fn llama_bench(
 
 /// A running `llama-server`, stopped when dropped.
 pub struct Server {
-    child: Child,
+    _process: LlamaServerProcess,
     pub base_url: String,
 }
 
@@ -120,45 +119,27 @@ impl Server {
         context: u32,
         reply_tokens: u32,
     ) -> anyhow::Result<Self> {
-        let port = free_port()?;
-        let child = Command::new(binary)
-            .arg("-m")
-            .arg(model)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["-np", &slots.to_string(), "-c", &context.to_string()])
-            .args(["-t", &threads().to_string(), "--kv-unified"])
-            .args(["-n", &reply_tokens.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
+        let (slots, context) = (slots.to_string(), context.to_string());
+        let (threads, reply_tokens) = (threads().to_string(), reply_tokens.to_string());
+        let args = [
+            "-np",
+            &slots,
+            "-c",
+            &context,
+            "-t",
+            &threads,
+            "--kv-unified",
+            "-n",
+            &reply_tokens,
+        ];
+        let process = LlamaServerProcess::start_binary(binary, model, &args)
+            .map_err(anyhow::Error::msg)
             .context("starting llama-server")?;
-        let mut server = Server {
-            child,
-            base_url: format!("http://127.0.0.1:{port}/v1"),
-        };
-        server.wait_until_healthy(port)?;
-        Ok(server)
-    }
-
-    fn wait_until_healthy(&mut self, port: u16) -> anyhow::Result<()> {
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(120) {
-            if let Some(status) = self.child.try_wait()? {
-                anyhow::bail!("llama-server exited: {status}");
-            }
-            if http_get_ok(port, "/health") {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        anyhow::bail!("llama-server did not become healthy in 120 s")
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let base_url = format!("{}/v1", process.base_url);
+        Ok(Server {
+            _process: process,
+            base_url,
+        })
     }
 }
 
@@ -210,17 +191,4 @@ pub fn threads() -> usize {
 
 fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn http_get_ok(port: u16, path: &str) -> bool {
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-    if stream.write_all(request.as_bytes()).is_err() {
-        return false;
-    }
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    response.starts_with("HTTP/1.1 200")
 }

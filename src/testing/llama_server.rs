@@ -39,10 +39,14 @@ pub struct LlamaServerProcess {
 }
 
 impl LlamaServerProcess {
-    /// Starts llama-server on `model` with `args` (slots, threads, context…)
-    /// and waits until `/health` answers 200.
+    /// Starts the llguidance build of llama-server on `model` with `args`
+    /// (slots, threads, context…) and waits until `/health` answers 200.
     pub fn start(model: &Path, args: &[&str]) -> Result<Self, String> {
-        let binary = llama_server_binary()?;
+        Self::start_binary(&llama_server_binary()?, model, args)
+    }
+
+    /// The same with another llama-server binary (the bench's peer).
+    pub fn start_binary(binary: &Path, model: &Path, args: &[&str]) -> Result<Self, String> {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map_err(|e| format!("no free port: {e}"))?
