@@ -252,6 +252,10 @@ pub struct EngineStats {
     pub reserved_cells: usize,
     /// Tokens sampled since the engine started, all generations together.
     pub sampled_tokens: usize,
+    /// Of those, tokens the output constraint forced that were read in the
+    /// pass before their own and kept (each a pass saved;
+    /// `EngineConfig::fast_forward`).
+    pub forwarded_tokens: usize,
     /// The most generations that have run at once: how much batching a
     /// workload actually got.
     pub peak_sequences: usize,

@@ -684,6 +684,19 @@ fn targets(
             ratio <= 1.1,
         );
     }
+    if let (Some(choice), Some(decode)) = (
+        overhead["token_choice_ms"].as_f64(),
+        overhead["decode_ms"].as_f64(),
+    ) && decode > 0.0
+    {
+        let ratio = choice / decode;
+        let (goal, met) = if options.gpu {
+            ("≤ 0.1", ratio <= 0.1)
+        } else {
+            ("report", true)
+        };
+        push("token choice / decode time".into(), ratio, goal, met);
+    }
     if let (Some(bound), Some(ours)) = (decode_bound, engine_row("LlamaCppAdapter")) {
         let ratio = ours.tg_tokens_per_s / bound;
         push("generation / bandwidth bound".into(), ratio, "report", true);

@@ -1,9 +1,10 @@
 //! The DSPy workloads, every system at its best setting, side by side:
 //!
-//! - ours: `LlamaCppAdapter` at 1, 2, 4, 8 sequences (through `Predict`,
+//! - ours: `LlamaCppAdapter` at 1, 2, 4, 8, … sequences, doubling up to
+//!   `--sequences` (through `Predict`,
 //!   in-process), and through `adapter.lm()` (dspy-rs's HTTP route to our
 //!   loopback server) at the best of those;
-//! - dspy-rs's `ChatAdapter` against `llama-server` at 1, 2, 4, 8 slots;
+//! - dspy-rs's `ChatAdapter` against `llama-server` at as many slots;
 //! - Python DSPy against `dsrs-local`'s server (our best setting), against
 //!   `llama-server` (its best slot count), and against `llama-cpp-python`'s
 //!   server.
@@ -25,9 +26,6 @@ use futures::StreamExt;
 
 use super::{CELLS_PER_SEQUENCE, DspyRow, Options, REPLY_TOKENS, median, qa_with_demos, question};
 use crate::peers::{self, Peers};
-
-/// The settings each sweep tries.
-const SWEEP: [usize; 4] = [1, 2, 4, 8];
 
 /// What the workloads measured, and the best settings found.
 pub struct Workloads {
@@ -129,9 +127,9 @@ pub async fn run(
     options: &Options,
     peers: &Peers,
 ) -> anyhow::Result<Workloads> {
-    let sweep: Vec<usize> = SWEEP
-        .into_iter()
-        .filter(|&n| n <= options.sequences)
+    // 1, 2, 4, … up to the most sequences asked for.
+    let sweep: Vec<usize> = std::iter::successors(Some(1), |&n| Some(n * 2))
+        .take_while(|&n| n <= options.sequences.max(1))
         .collect();
     let mut rows = Vec::new();
     let mut ours = Vec::new();

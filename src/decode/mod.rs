@@ -8,8 +8,13 @@
 //! [`FinishReason`].
 
 mod closing;
+// Many sequences per pass: llama.cpp's batching only.
+#[cfg(feature = "llamacpp")]
+mod parallel;
 mod sampler;
 
+#[cfg(feature = "llamacpp")]
+pub(crate) use parallel::{Choice, choose_all};
 pub(crate) use sampler::Sampler;
 
 use std::time::{Duration, Instant};
@@ -19,6 +24,24 @@ use closing::Closer;
 use crate::backend::{FinishReason, Generation, GenerationControl, GenerationRequest, Timings};
 use crate::prompt::{COMPLETED_MARKER, ConstraintMatcher};
 use crate::{Error, Result};
+
+/// What a pass over the last chosen token and a draft gave
+/// ([`Decoder::choose`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Chosen {
+    /// Draft tokens the model chose too: their cache entries stay, the
+    /// rest of the draft's are dropped.
+    pub(crate) kept: usize,
+    /// The token to read next, or why the reply ended.
+    pub(crate) next: Next,
+}
+
+/// After a pass: go on with a token, or stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Next {
+    Token(u32),
+    Finished(FinishReason),
+}
 
 /// The state of one reply being generated.
 #[derive(Debug)]
@@ -103,6 +126,58 @@ impl Decoder {
         token.ok_or_else(|| {
             Error::constraint("no token is allowed next (all logits masked or not finite)")
         })
+    }
+
+    /// The tokens the output constraint forces next, at most `limit` and
+    /// no more than the budget has left: a draft for the backend to read in
+    /// the same pass as the token before it, so that a marker costs one
+    /// pass instead of one per token. Empty without a constraint.
+    pub(crate) fn draft(&mut self, limit: usize) -> Vec<u32> {
+        let room = self.max_tokens.saturating_sub(self.generated + 1);
+        let Some(constraint) = &mut self.constraint else {
+            return Vec::new();
+        };
+        if limit.min(room) == 0 {
+            return Vec::new();
+        }
+        let started = Instant::now();
+        let mut draft = constraint.forced_tokens();
+        draft.truncate(limit.min(room));
+        self.token_choice += started.elapsed();
+        draft
+    }
+
+    /// Chooses tokens from a pass that read the last chosen token (or the
+    /// prompt's end) followed by `draft`: `logits(i)` are the logits after
+    /// `draft[..i]`. Each position's token is chosen exactly as one pass per
+    /// token would choose it ([`next_token`](Self::next_token), then
+    /// [`push`](Self::push)); while it is the draft's, the next position's
+    /// logits are valid and it goes on. So the reply is the one decoding
+    /// token by token gives — a sampler draws once per position either way
+    /// — and a draft the model splits differently only costs its pass.
+    pub(crate) fn choose<'p>(
+        &mut self,
+        draft: &[u32],
+        mut logits: impl FnMut(usize) -> Vec<f32>,
+        piece: impl Fn(u32) -> &'p [u8],
+    ) -> Result<Chosen> {
+        let mut kept = 0;
+        loop {
+            let token = self.next_token(&mut logits(kept))?;
+            if let Some(reason) = self.push(token, piece(token))? {
+                return Ok(Chosen {
+                    kept,
+                    next: Next::Finished(reason),
+                });
+            }
+            if draft.get(kept) != Some(&token) {
+                return Ok(Chosen {
+                    kept,
+                    next: Next::Token(token),
+                });
+            }
+            kept += 1;
+        }
     }
 
     /// Records a sampled token and its text. Returns why the reply ended, or
@@ -361,6 +436,120 @@ mod tests {
             }
         }
         assert!(fast_hits > 100, "the fast path was taken {fast_hits} times");
+    }
+
+    /// A stand-in model whose logits are a function of the tokens so far
+    /// (as a real model's are): seeded by their hash, favouring the marker
+    /// tokens of `vocabulary` a little, so it often writes a marker split
+    /// otherwise than the greedy split the draft guesses.
+    fn logits_after(prefix: &[u32], vocabulary: usize, salt: u64) -> Vec<f32> {
+        use rand::{Rng, SeedableRng};
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (prefix, salt).hash(&mut hasher);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(hasher.finish());
+        (0..vocabulary)
+            .map(|id| rng.random::<f32>() * 4.0 + if id >= 256 { 1.5 } else { 0.0 })
+            .collect()
+    }
+
+    /// A vocabulary of single bytes, multi-byte marker pieces (so one text
+    /// has several splits) and an end token.
+    fn marker_vocabulary() -> crate::prompt::TokenVocabulary {
+        let mut tokens: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
+        for piece in [
+            "[[", " ##", "]]", "[[ ##", " ]]", "\n\n", "\n\n[[", "answer", " answer",
+        ] {
+            tokens.push(piece.as_bytes().to_vec());
+        }
+        let end = tokens.len() as u32;
+        tokens.push(b"\xFF<end>".to_vec());
+        crate::prompt::TokenVocabulary {
+            tokens,
+            end_of_generation: vec![end],
+        }
+    }
+
+    /// Decodes one reply with the stand-in model, token by token or reading
+    /// forced tokens ahead: its text and token count, and how many draft
+    /// tokens were kept and dropped.
+    fn stand_in_reply(
+        sampling: crate::backend::Sampling,
+        salt: u64,
+        ahead: bool,
+    ) -> ((String, usize), usize, usize) {
+        use crate::prompt::{OutputConstraint, ValueKind};
+        let fields = outputs(&[
+            ("answer", ValueKind::Text),
+            ("total", ValueKind::Integer { min: 0, max: 99 }),
+        ]);
+        let vocabulary = marker_vocabulary();
+        let size = vocabulary.tokens.len();
+        let end = vocabulary.end_of_generation.clone();
+        let compiler = crate::prompt::ConstraintCompiler::new(&vocabulary).unwrap();
+        let constraint = OutputConstraint::for_fields(&fields, 12);
+        let mut request = request(80, &[]);
+        request.sampling = sampling;
+        request.constraint = Some(constraint.clone());
+        let matcher = compiler.matcher(&constraint).unwrap();
+        let mut decoder = Decoder::new(&request, Some(matcher), end);
+        let piece = |token: u32| vocabulary.tokens[token as usize].as_slice();
+        let mut tokens: Vec<u32> = Vec::new();
+        let (mut kept, mut dropped) = (0, 0);
+        let reason = loop {
+            let draft = if ahead { decoder.draft(64) } else { Vec::new() };
+            let chosen = decoder
+                .choose(
+                    &draft,
+                    |row| {
+                        let seen: Vec<u32> = tokens.iter().chain(&draft[..row]).copied().collect();
+                        logits_after(&seen, size, salt)
+                    },
+                    piece,
+                )
+                .unwrap();
+            tokens.extend_from_slice(&draft[..chosen.kept]);
+            kept += chosen.kept;
+            dropped += draft.len() - chosen.kept;
+            match chosen.next {
+                Next::Token(token) => tokens.push(token),
+                Next::Finished(reason) => break reason,
+            }
+        };
+        let generation = decoder.finish(1, reason, Timings::default());
+        (
+            (generation.text, generation.completion_tokens),
+            kept,
+            dropped,
+        )
+    }
+
+    /// Reading forced tokens ahead gives the reply decoding token by token
+    /// gives, greedy and sampled, when the model splits a marker otherwise
+    /// than the draft (it is checked position by position, and the rest
+    /// dropped).
+    #[test]
+    fn a_draft_read_ahead_changes_no_reply() {
+        let mut sampled = crate::backend::Sampling::greedy();
+        sampled.temperature = 0.9;
+        let (mut kept, mut dropped) = (0, 0);
+        for salt in 0..60 {
+            for sampling in [crate::backend::Sampling::greedy(), sampled.clone()] {
+                let mut sampling = sampling;
+                sampling.seed = salt;
+                let (stepwise, _, _) = stand_in_reply(sampling.clone(), salt, false);
+                let (ahead, k, d) = stand_in_reply(sampling, salt, true);
+                assert_eq!(ahead, stepwise, "salt {salt}");
+                kept += k;
+                dropped += d;
+            }
+        }
+        // Both paths were taken many times: drafts the model followed, and
+        // drafts it split otherwise.
+        assert!(
+            kept > 500 && dropped > 100,
+            "kept {kept}, dropped {dropped}"
+        );
     }
 
     #[test]

@@ -633,6 +633,25 @@ impl ConstraintMatcher {
         !self.matcher.is_stopped() && self.validates(&[token])
     }
 
+    /// Tokens of the text the grammar forces next (a marker, a separator),
+    /// split greedily by this vocabulary, as far as the grammar takes them;
+    /// empty when the next byte is the model's choice. A guess at what the
+    /// model will write, which the decoder checks (`Decoder::choose`): the
+    /// model may split the same text differently.
+    pub(crate) fn forced_tokens(&mut self) -> Vec<u32> {
+        if self.matcher.is_stopped() {
+            return Vec::new();
+        }
+        let bytes = self.matcher.compute_ff_bytes();
+        if bytes.is_empty() {
+            return Vec::new();
+        }
+        let mut tokens = self.tok_env.tokenize_bytes(&bytes);
+        let allowed = self.matcher.validate_tokens(&tokens).unwrap_or(0);
+        tokens.truncate(allowed);
+        tokens
+    }
+
     /// Advances the grammar by a sampled token.
     pub fn accept(&mut self, token: u32) -> Result<()> {
         if self.matcher.is_stopped() {

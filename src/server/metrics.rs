@@ -94,7 +94,7 @@ impl Metrics {
         } else {
             0.0
         };
-        let scalars: [(&str, &str, &str, String); 10] = [
+        let scalars: [(&str, &str, &str, String); 11] = [
             (
                 "dsrs_prompt_tokens_total",
                 "counter",
@@ -154,6 +154,12 @@ impl Metrics {
                 "counter",
                 "Tokens the engine sampled, stopped generations included.",
                 engine.sampled_tokens.to_string(),
+            ),
+            (
+                "dsrs_forwarded_tokens_total",
+                "counter",
+                "Of those, forced tokens read in the pass before their own and kept.",
+                engine.forwarded_tokens.to_string(),
             ),
         ];
         for (name, kind, help, value) in scalars {

@@ -47,6 +47,7 @@ impl Harness for Candle {
         path: &Path,
         config: GenerationConfig,
         reuse: bool,
+        fast_forward: bool,
     ) -> Result<CandleAdapter, Error> {
         let model = CandleModel::load(path, CandleLoadOptions::default())?;
         Ok(CandleAdapter::from_loaded_model(
@@ -54,6 +55,7 @@ impl Harness for Candle {
             CandleConfig::default()
                 .with_context_length(2048)
                 .with_prefix_reuse(reuse)
+                .with_fast_forward(fast_forward)
                 .with_generation(config),
         ))
     }
@@ -79,4 +81,56 @@ fn candle_caps_the_window_at_the_trained_context() {
         8192,
         "a larger request is capped at the trained context"
     );
+}
+
+/// Reading the markers the grammar forces ahead (in the pass before their
+/// own, dropping what the model splits differently) changes no reply of the
+/// crate's task model, greedy or sampled, and saves passes.
+#[tokio::test(flavor = "multi_thread")]
+async fn forced_tokens_read_ahead_change_no_reply() {
+    use dsrs_local::Backend as _;
+    use dsrs_local::testing::task_model_path;
+    use dsrs_local::testing::tasks::{TaskFamily, TaskStream};
+    let model =
+        Arc::new(CandleModel::load(task_model_path(), CandleLoadOptions::default()).unwrap());
+    let mut stream = TaskStream::held_out(7);
+    let examples: Vec<_> = (0..12)
+        .map(|i| stream.sample(TaskFamily::ALL[i % TaskFamily::ALL.len()], i % 3))
+        .collect();
+    for temperature in [0.0, 0.8] {
+        let adapter = |fast_forward: bool| {
+            CandleAdapter::from_loaded_model(
+                Arc::clone(&model),
+                CandleConfig::default()
+                    .with_context_length(4096)
+                    .with_fast_forward(fast_forward)
+                    .with_generation(
+                        GenerationConfig::default()
+                            .with_temperature(temperature)
+                            .with_seed(3),
+                    ),
+            )
+        };
+        let (ahead, stepwise) = (adapter(true), adapter(false));
+        let lm = ahead.lm().await.unwrap();
+        for example in &examples {
+            let (_, a) = ahead
+                .predict(&lm, &example.signature, &example.inputs)
+                .await
+                .unwrap();
+            let (_, b) = stepwise
+                .predict(&lm, &example.signature, &example.inputs)
+                .await
+                .unwrap();
+            assert_eq!(a.text, b.text, "temperature {temperature}");
+        }
+        let (ahead, stepwise) = (ahead.backend().stats(), stepwise.backend().stats());
+        assert_eq!(stepwise.forwarded_tokens, 0);
+        // This model's vocabulary holds most of a marker in one or two
+        // tokens, so few are forced; the real models' tests see more.
+        assert!(
+            ahead.forwarded_tokens > 0,
+            "markers were read ahead: {ahead:?}"
+        );
+    }
 }

@@ -33,11 +33,13 @@ pub trait Harness: 'static {
     /// An adapter on the shared tiny chat model (loaded once per test process).
     fn adapter(config: GenerationConfig) -> LocalAdapter<Self::Backend>;
     /// An adapter on its own load of the model at `path` (2048 tokens of
-    /// context), keeping KV caches between requests or not.
+    /// context), keeping KV caches between requests or not, reading forced
+    /// tokens ahead or not.
     fn adapter_with_prefix_reuse(
         path: &Path,
         config: GenerationConfig,
         reuse: bool,
+        fast_forward: bool,
     ) -> Result<LocalAdapter<Self::Backend>, Error>;
 }
 
@@ -537,9 +539,15 @@ pub async fn prefix_reuse_gives_the_same_replies_as_a_cold_cache<H: Harness>() {
     let config = GenerationConfig::default()
         .with_max_text_chars(60)
         .with_temperature(0.0);
-    for path in [TINY_CHAT_MODEL.1.as_path(), q8.as_path()] {
-        let warm = H::adapter_with_prefix_reuse(path, config.clone(), true).unwrap();
-        let cold = H::adapter_with_prefix_reuse(path, config.clone(), false).unwrap();
+    // Forced tokens are read ahead on the F32 model only. On this random
+    // Q8_0 model, llama.cpp's warm and cold replies to one question of
+    // three differ with it (batch 512; not with 64-token chunks): a
+    // quantized product rounds by the size of its pass, so a prefix read in
+    // another request's pass holds other last bits, and random weights are
+    // all near ties (`specs/prompt-protocol.md`).
+    for (path, fast_forward) in [(TINY_CHAT_MODEL.1.as_path(), true), (q8.as_path(), false)] {
+        let warm = H::adapter_with_prefix_reuse(path, config.clone(), true, fast_forward).unwrap();
+        let cold = H::adapter_with_prefix_reuse(path, config.clone(), false, fast_forward).unwrap();
         let lm = warm.lm().await.unwrap();
         let questions = [
             "What is the capital of France?",

@@ -52,6 +52,7 @@ impl Harness for LlamaCpp {
         path: &Path,
         config: GenerationConfig,
         reuse: bool,
+        fast_forward: bool,
     ) -> Result<LlamaCppAdapter, Error> {
         let model = LlamaCppModel::load(path, LlamaCppLoadOptions::default())?;
         Ok(LlamaCppAdapter::from_loaded_model(
@@ -59,6 +60,7 @@ impl Harness for LlamaCpp {
             LlamaCppConfig::default()
                 .with_context_length(2048)
                 .with_prefix_reuse(reuse)
+                .with_fast_forward(fast_forward)
                 .with_generation(config),
         ))
     }
@@ -159,8 +161,9 @@ async fn calls_arriving_together_read_their_shared_prefix_once() {
 }
 
 /// Concurrent calls are decoded together, as sequences of one batch sharing
-/// their common prefixes, and answer exactly as the same calls made one by
-/// one on a cold context.
+/// their common prefixes and reading their forced markers ahead, and answer
+/// exactly as the same calls made one by one, token by token, on a cold
+/// context.
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_calls_decoded_together_equal_calls_one_by_one() {
     use dsrs_local::testing::task_model_path;
@@ -177,8 +180,10 @@ async fn concurrent_calls_decoded_together_equal_calls_one_by_one() {
             .with_parallel_sequences(calls)
             .with_generation(GenerationConfig::default().with_max_concurrency(calls))
     };
-    let one_by_one =
-        LlamaCppAdapter::from_loaded_model(Arc::clone(&model), config(1).with_prefix_reuse(false));
+    let one_by_one = LlamaCppAdapter::from_loaded_model(
+        Arc::clone(&model),
+        config(1).with_prefix_reuse(false).with_fast_forward(false),
+    );
     let together = LlamaCppAdapter::from_loaded_model(model, config(8));
     let lm = one_by_one.lm().await.unwrap();
 
@@ -199,9 +204,36 @@ async fn concurrent_calls_decoded_together_equal_calls_one_by_one() {
         .map(|result| result.unwrap().1.text)
         .collect();
     assert_eq!(batched, expected);
-    assert_eq!(one_by_one.backend().stats().peak_sequences, 1);
+    let (alone, together) = (one_by_one.backend().stats(), together.backend().stats());
+    assert_eq!(alone.peak_sequences, 1);
+    assert_eq!(alone.forwarded_tokens, 0);
     assert!(
-        together.backend().stats().peak_sequences > 1,
+        together.peak_sequences > 1,
         "the calls were decoded together"
     );
+    // This model's vocabulary holds most of a marker in one or two
+    // tokens, so few are forced; the real models' tests see more.
+    assert!(
+        together.forwarded_tokens > 0,
+        "markers were read ahead: {together:?}"
+    );
+}
+
+/// A batch smaller than the number of sequences is raised to it: llama.cpp
+/// keeps an output per sequence and aborts the process otherwise.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_one_token_batch_with_several_sequences_answers() {
+    let adapter = LlamaCppAdapter::from_loaded_model(
+        Arc::clone(&TINY),
+        LlamaCppConfig::default()
+            .with_context_length(2048)
+            .with_batch_size(1)
+            .with_parallel_sequences(2)
+            .with_generation(GenerationConfig::default().with_max_concurrency(2)),
+    );
+    let calls = ["Once upon a time", "The sky"]
+        .map(|prompt| adapter.generate(GenerationRequest::new(prompt, 8)));
+    for generation in futures::future::join_all(calls).await {
+        assert!(generation.unwrap().completion_tokens > 0);
+    }
 }

@@ -25,7 +25,7 @@ start)
     setsid bash -c "
         nice -n 19 bash tools/gpu/on-device.sh build peer
         for run in 'qwen0.5b q8_0' 'qwen0.5b q4k' 'llama8b q4k'; do
-            OUT=$LOGS bash tools/gpu/on-device.sh bench \$run --sequences 64 --runs 3 --bandwidth-gbs 4800
+            OUT=$LOGS bash tools/gpu/on-device.sh bench \$run --sequences 64 --clients 64 --runs 3 --bandwidth-gbs 4800
         done
         touch $LOGS/bench.done
         bash tools/gpu/on-device.sh wait >$LOGS/cuda-build.txt

@@ -18,15 +18,17 @@
 # `bash tools/vulkan/bench-on-device.sh start` then `… collect 570` for the
 # whole bench (specs/gpu.md, "Vulkan").
 #
-# Usage: bash tools/vulkan/pack.sh        (from the repository root)
+# Usage: bash tools/vulkan/pack.sh [bench]   (from the repository root;
+#        `bench` builds and packs only .vulkan-bench)
 set -euo pipefail
+ONLY="${1:-}"
 cd "$(dirname "$0")/../.."
 dpkg -s libvulkan-dev glslc spirv-headers >/dev/null 2>&1 || apt-get install -y libvulkan-dev glslc spirv-headers
 bash tools/vulkan/headers.sh
 export CPLUS_INCLUDE_PATH="$PWD/target/vulkan-headers/include"
 
 # The default target folder: only llama.cpp and what links it rebuild.
-cargo test --features vulkan --no-run
+[ "$ONLY" = bench ] || cargo test --features vulkan --no-run
 cargo build --features vulkan --example bench
 
 PEER=target/peers/llama_cpp_python-0.3.36/vendor/llama.cpp
@@ -67,10 +69,12 @@ pack() { # folder binaries…
     grep -qx "/$folder/" .git/info/exclude 2>/dev/null || echo "/$folder/" >>.git/info/exclude
 }
 
-suite="$(ls -t target/debug/deps/suite-* | grep -v '\.d$' | head -1)"
-cp "$suite" target/suite
-pack .vulkan target/suite
-cp -r "${DSRS_SHARED_MODELS:-../shared/models}" .vulkan/shared-models
+if [ "$ONLY" != bench ]; then
+    suite="$(ls -t target/debug/deps/suite-* | grep -v '\.d$' | head -1)"
+    cp "$suite" target/suite
+    pack .vulkan target/suite
+    cp -r "${DSRS_SHARED_MODELS:-../shared/models}" .vulkan/shared-models
+fi
 
 pack .vulkan-bench target/debug/examples/bench "$BUILD/bin/llama-bench"
 # The bench's models take deepseek-coder's vocabulary, as on the CPU (without

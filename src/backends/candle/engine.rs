@@ -1,6 +1,7 @@
 //! The candle [`Backend`]: one generation at a time per model (it has one KV
 //! cache); the prompt's part not shared with the cache is prefilled in
-//! chunks, then the reply is decoded token by token.
+//! chunks, then the reply is decoded token by token (the tokens the output
+//! constraint forces read in the pass before their own, `decode::Decoder::choose`).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,6 +14,7 @@ use crate::backend::{
 use crate::backends::common::{
     EngineConfig, EngineCounters, EngineSettings, Prepared, cancelled_before_start, prepare,
 };
+use crate::decode::Next;
 
 /// What only a candle adapter's settings have (nothing yet: candle runs one
 /// generation at a time on its own threads).
@@ -34,6 +36,7 @@ pub struct CandleBackend {
     context_length: usize,
     batch_size: usize,
     reuse_prefix: bool,
+    fast_forward: bool,
     counters: EngineCounters,
 }
 
@@ -51,6 +54,7 @@ impl CandleBackend {
             context_length,
             batch_size: config.batch_size.max(1),
             reuse_prefix: config.reuse_prefix,
+            fast_forward: config.fast_forward,
             counters: EngineCounters::default(),
         }
     }
@@ -87,39 +91,66 @@ impl Backend for CandleBackend {
             0
         };
         let started = Instant::now();
-        let mut logits = Vec::new();
-        for chunk in prompt[reused..].chunks(self.batch_size) {
+        // Every chunk but the last is read alone; the last is read in the
+        // first pass that chooses a token.
+        let unread = &prompt[reused..];
+        let last_chunk = unread.len().saturating_sub(1) / self.batch_size * self.batch_size;
+        let (head, tail) = unread.split_at(last_chunk);
+        for chunk in head.chunks(self.batch_size) {
             if decoder.is_cancelled() {
                 return Ok(cancelled_before_start());
             }
-            logits = weights.next_logits(chunk)?;
+            weights.next_logits(chunk)?;
         }
-        let prefill = started.elapsed();
-        tracing::debug!(
-            tokens = prompt.len() - reused,
-            reused,
-            ms = prefill.as_secs_f64() * 1e3,
-            "prefill"
-        );
-
-        let decode_started = Instant::now();
-        let mut position = prompt.len();
+        if decoder.is_cancelled() {
+            return Ok(cancelled_before_start());
+        }
+        // Positions the cache holds, and what the next pass reads.
+        let mut cached = reused + head.len();
+        let mut input = tail.to_vec();
+        let mut prefill = None;
         let finish_reason = loop {
-            let token = decoder.next_token(&mut logits)?;
-            self.counters.sampled(1);
-            if let Some(reason) = decoder.push(token, model.card().token_bytes(token))? {
-                break reason;
+            let position = cached + input.len();
+            // No draft with the prompt's end, as on llama.cpp: a pass of
+            // a long chunk rounds differently.
+            let draft = if self.fast_forward && prefill.is_some() {
+                // The token chosen after the draft needs a position too.
+                decoder.draft(self.context_length.saturating_sub(position + 1))
+            } else {
+                Vec::new()
+            };
+            input.extend_from_slice(&draft);
+            let mut rows = weights.logits_rows(&input, draft.len() + 1)?;
+            if prefill.is_none() {
+                prefill = Some(started.elapsed());
+                tracing::debug!(
+                    tokens = prompt.len() - reused,
+                    reused,
+                    ms = started.elapsed().as_secs_f64() * 1e3,
+                    "prefill"
+                );
             }
-            if position >= self.context_length {
-                break FinishReason::Length;
+            let chosen = decoder.choose(
+                &draft,
+                |row| rows.get_mut(row).map(std::mem::take).unwrap_or_default(),
+                |token| model.card().token_bytes(token),
+            )?;
+            self.counters.sampled(chosen.kept + 1);
+            self.counters.forwarded(chosen.kept);
+            // The draft's tokens after those kept leave the cache.
+            cached = position + chosen.kept;
+            weights.truncate_cache(cached);
+            match chosen.next {
+                Next::Finished(reason) => break reason,
+                Next::Token(_) if cached >= self.context_length => break FinishReason::Length,
+                Next::Token(token) => input = vec![token],
             }
-            logits = weights.next_logits(&[token])?;
-            position += 1;
         };
         drop(weights);
+        let prefill = prefill.unwrap_or_default();
         let timings = Timings {
             prefill,
-            decode: decode_started.elapsed(),
+            decode: started.elapsed().saturating_sub(prefill),
             ..Timings::default()
         };
         let mut generation = decoder.finish(prompt.len(), finish_reason, timings);

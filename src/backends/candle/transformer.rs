@@ -120,7 +120,8 @@ impl Transformer {
         shared
     }
 
-    fn truncate_cache(&mut self, positions: usize) {
+    /// Keeps the first `positions` positions of the cache.
+    pub(super) fn truncate_cache(&mut self, positions: usize) {
         if positions >= self.cached_tokens.len() {
             return;
         }
@@ -146,16 +147,27 @@ impl Transformer {
     /// Reads `tokens` after the cached ones and returns the logits for the
     /// token after the last, as a vector.
     pub(super) fn next_logits(&mut self, tokens: &[u32]) -> crate::Result<Vec<f32>> {
-        self.forward(tokens)
-            .and_then(|logits| logits.to_vec1::<f32>())
+        self.logits_rows(tokens, 1)
+            .map(|rows| rows.into_iter().next().unwrap_or_default())
+    }
+
+    /// Reads `tokens` after the cached ones and returns the logits after
+    /// each of the last `rows` of them (at least one), in order.
+    pub(super) fn logits_rows(
+        &mut self,
+        tokens: &[u32],
+        rows: usize,
+    ) -> crate::Result<Vec<Vec<f32>>> {
+        self.forward(tokens, rows)
+            .and_then(|logits| logits.to_vec2::<f32>())
             .map_err(|e| crate::Error::inference("candle", "the forward pass failed", e))
     }
 
-    /// Reads `tokens` after the cached ones and returns the logits `(vocab,)`
-    /// for the token after the last. On an error the cache is emptied, so it
-    /// never holds a half-written step.
-    fn forward(&mut self, tokens: &[u32]) -> candle_core::Result<Tensor> {
-        let result = self.run_layers(tokens);
+    /// Reads `tokens` after the cached ones and returns the logits
+    /// `(rows, vocab)` after each of the last `rows`. On an error the cache
+    /// is emptied, so it never holds a half-written step.
+    fn forward(&mut self, tokens: &[u32], rows: usize) -> candle_core::Result<Tensor> {
+        let result = self.run_layers(tokens, rows);
         match result {
             Ok(logits) => {
                 self.cached_tokens.extend_from_slice(tokens);
@@ -169,8 +181,9 @@ impl Transformer {
         }
     }
 
-    fn run_layers(&mut self, tokens: &[u32]) -> candle_core::Result<Tensor> {
+    fn run_layers(&mut self, tokens: &[u32], rows: usize) -> candle_core::Result<Tensor> {
         let len = tokens.len();
+        let rows = rows.clamp(1, len.max(1));
         if len == 0 {
             candle_core::bail!("no tokens to read");
         }
@@ -190,8 +203,8 @@ impl Transformer {
         for (layer, cache) in self.layers.iter().zip(self.cache.iter_mut()) {
             x = layer.forward(&self.arch, ropes, &x, &step, cache)?;
         }
-        // Only the last position's logits are needed: norm and project it alone.
-        let last = x.i((.., len - 1, ..))?;
+        // Only the last positions' logits are needed: norm and project them alone.
+        let last = x.i((.., len - rows.., ..))?;
         let logits = self
             .output
             .forward(&self.norm.forward(&last)?)?

@@ -23,6 +23,11 @@ pub struct EngineConfig<X> {
     /// Keep finished requests' KV caches and read only what a new prompt
     /// does not share with a cached one (on by default).
     pub reuse_prefix: bool,
+    /// Read the tokens the output constraint forces (a reply's markers) in
+    /// the pass of the token before them, checked against the model's own
+    /// choice, instead of one pass each (on by default; the replies are the
+    /// same either way).
+    pub fast_forward: bool,
     /// Sampling, budget, constraint and concurrency settings.
     pub generation: GenerationConfig,
     /// The backend's own settings.
@@ -35,6 +40,7 @@ impl<X: EngineSettings> Default for EngineConfig<X> {
             context_length: None,
             batch_size: X::DEFAULT_BATCH_SIZE,
             reuse_prefix: true,
+            fast_forward: true,
             generation: GenerationConfig::default(),
             engine: X::default(),
         }
@@ -58,6 +64,12 @@ impl<X> EngineConfig<X> {
     #[must_use]
     pub fn with_prefix_reuse(mut self, reuse: bool) -> Self {
         self.reuse_prefix = reuse;
+        self
+    }
+    /// Turns reading forced tokens ahead on or off.
+    #[must_use]
+    pub fn with_fast_forward(mut self, fast_forward: bool) -> Self {
+        self.fast_forward = fast_forward;
         self
     }
     /// Sets the generation settings.

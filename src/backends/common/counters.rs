@@ -16,6 +16,8 @@ pub(crate) struct EngineCounters {
     reserved_cells: AtomicUsize,
     /// Tokens sampled since the engine started, all sequences together.
     sampled_tokens: AtomicUsize,
+    /// Of those, tokens read ahead as forced and kept.
+    forwarded_tokens: AtomicUsize,
 }
 
 impl EngineCounters {
@@ -43,6 +45,11 @@ impl EngineCounters {
         self.sampled_tokens.fetch_add(tokens, Ordering::Relaxed);
     }
 
+    /// Counts forced tokens read ahead and kept (each saved a pass).
+    pub(crate) fn forwarded(&self, tokens: usize) {
+        self.forwarded_tokens.fetch_add(tokens, Ordering::Relaxed);
+    }
+
     /// A snapshot.
     pub(crate) fn stats(&self) -> EngineStats {
         let get = |counter: &AtomicUsize| counter.load(Ordering::Relaxed);
@@ -50,6 +57,7 @@ impl EngineCounters {
             active_sequences: get(&self.active_sequences),
             reserved_cells: get(&self.reserved_cells),
             sampled_tokens: get(&self.sampled_tokens),
+            forwarded_tokens: get(&self.forwarded_tokens),
             peak_sequences: get(&self.peak_sequences),
         }
     }

@@ -40,11 +40,11 @@ use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_batch::LlamaBatch;
 
 use super::device_memory;
-use super::model::{LlamaCppModel, as_llama, inference_error};
+use super::model::{BACKEND, LlamaCppModel, as_llama, inference_error};
 use crate::backend::LocalModel;
 use crate::backend::{FinishReason, Generation, GenerationRequest, Timings};
 use crate::backends::common::{EngineCounters, Prepared, cancelled_before_start, prepare};
-use crate::decode::Decoder;
+use crate::decode::{Choice, Decoder, Next, choose_all};
 use crate::{Error, Result};
 
 /// Prompt tokens a request must gain by waiting for a running request to
@@ -67,6 +67,9 @@ pub(super) struct ContextSettings {
     pub(super) reuse_prefix: bool,
     /// Requests decoded together (`LlamaCppSettings::parallel_sequences`).
     pub(super) sequences: usize,
+    /// Read the tokens the grammar forces in the pass before
+    /// (`EngineConfig::fast_forward`).
+    pub(super) fast_forward: bool,
 }
 
 /// The worker thread's body: makes the context for the first request (so a
@@ -117,6 +120,43 @@ fn common_prefix(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
+/// Adds `token` to `batch` for sequence `id` at the next position of what
+/// its cache holds (`tokens`), with logits when `logits` is set.
+fn add(
+    batch: &mut LlamaBatch,
+    tokens: &mut Vec<u32>,
+    id: usize,
+    token: u32,
+    logits: bool,
+) -> Result<()> {
+    batch
+        .add(as_llama(token), tokens.len() as i32, &[id as i32], logits)
+        .map_err(|e| inference_error("building the batch failed", e))?;
+    tokens.push(token);
+    Ok(())
+}
+
+/// Adds the tokens `sequence`'s grammar forces after its last added token,
+/// each with logits, as far as `room` batch slots and the context allow
+/// (the token chosen after them needs a cell too). Returns how many.
+fn add_draft(
+    batch: &mut LlamaBatch,
+    sequence: &mut Sequence,
+    id: usize,
+    room: usize,
+    context_length: usize,
+) -> Result<usize> {
+    let Some(active) = sequence.active.as_mut() else {
+        return Ok(0);
+    };
+    let cells = context_length.saturating_sub(sequence.tokens.len() + 1);
+    active.draft = active.decoder.draft(room.min(cells));
+    for &token in &active.draft {
+        add(batch, &mut sequence.tokens, id, token, true)?;
+    }
+    Ok(active.draft.len())
+}
+
 /// A request being served.
 struct Active {
     job: Job,
@@ -128,8 +168,11 @@ struct Active {
     reused: usize,
     /// The sampled token to feed at the next step.
     pending: Option<u32>,
-    /// This step's batch index whose logits are this sequence's.
+    /// This step's batch index whose logits are this sequence's (the first
+    /// of the draft's rows).
     logits_at: Option<i32>,
+    /// The forced tokens read after it this step.
+    draft: Vec<u32>,
     /// Cells reserved for it: prompt plus reply budget, at most the context.
     reserved: usize,
     started: Instant,
@@ -354,6 +397,7 @@ impl<'m> Batcher<'m> {
             reused,
             pending: None,
             logits_at: None,
+            draft: Vec::new(),
             reserved,
             started: Instant::now(),
             prefill: None,
@@ -385,14 +429,20 @@ impl<'m> Batcher<'m> {
         }
     }
 
-    /// One decode: every generating sequence's next token, then as many
-    /// prompt tokens of reading sequences as the batch holds.
+    /// One decode: every generating sequence's next token, each followed by
+    /// the tokens its grammar forces (its draft, each with logits, so a
+    /// marker is read in this pass), then as many prompt tokens of reading
+    /// sequences as the batch holds. A prompt's end gets no draft: its
+    /// chunk is large, and llama.cpp's kernels for large batches round
+    /// differently, which would change the reply (`specs/prompt-protocol.md`).
     fn step(&mut self, ctx: &mut LlamaContext<'_>) -> Result<()> {
         self.finish_cancelled();
         if self.running() == 0 {
             return Ok(());
         }
         let budget = self.settings.batch_size;
+        let context_length = (ctx.n_ctx() as usize).min(self.settings.context_length);
+        let fast_forward = self.settings.fast_forward && self.model.can_drop_positions();
         let mut batch = LlamaBatch::new(budget, 1);
         let mut used = 0;
         for (id, sequence) in self.sequences.iter_mut().enumerate() {
@@ -400,14 +450,14 @@ impl<'m> Batcher<'m> {
                 continue;
             };
             active.logits_at = None;
+            active.draft.clear();
             if let Some(token) = active.pending.take() {
-                let position = sequence.tokens.len() as i32;
-                batch
-                    .add(as_llama(token), position, &[id as i32], true)
-                    .map_err(|e| inference_error("building the batch failed", e))?;
-                sequence.tokens.push(token);
+                add(&mut batch, &mut sequence.tokens, id, token, true)?;
                 active.logits_at = Some(batch.n_tokens() - 1);
                 used += 1;
+                if fast_forward {
+                    used += add_draft(&mut batch, sequence, id, budget - used, context_length)?;
+                }
             }
         }
         for (id, sequence) in self.sequences.iter_mut().enumerate() {
@@ -417,10 +467,7 @@ impl<'m> Batcher<'m> {
             while active.read < active.prompt.len() && used < budget {
                 let token = active.prompt[active.read];
                 let is_last = active.read + 1 == active.prompt.len();
-                batch
-                    .add(as_llama(token), active.read as i32, &[id as i32], is_last)
-                    .map_err(|e| inference_error("building the batch failed", e))?;
-                sequence.tokens.push(token);
+                add(&mut batch, &mut sequence.tokens, id, token, is_last)?;
                 active.read += 1;
                 used += 1;
                 if is_last {
@@ -434,9 +481,11 @@ impl<'m> Batcher<'m> {
                 .map_err(|e| inference_error("decoding failed", e))?;
         }
 
-        let context_length = (ctx.n_ctx() as usize).min(self.settings.context_length);
-        let mut sampled = 0;
-        for sequence in &mut self.sequences {
+        // Each sequence's tokens are chosen on its own (grammar, sampler):
+        // on several threads, each reading its rows of this pass's logits.
+        let mut choices = Vec::new();
+        let mut chosen_by = Vec::new();
+        for (id, sequence) in self.sequences.iter_mut().enumerate() {
             let Some(active) = sequence.active.as_mut() else {
                 continue;
             };
@@ -452,20 +501,56 @@ impl<'m> Batcher<'m> {
                     "prefill"
                 );
             }
-            let mut logits = ctx.get_logits_ith(index).to_vec();
-            sampled += 1;
-            let outcome = active.decoder.next_token(&mut logits).and_then(|token| {
-                let finish = active
-                    .decoder
-                    .push(token, self.model.card().token_bytes(token))?;
-                Ok((token, finish))
+            let rows = (0..=active.draft.len())
+                .map(|row| ctx.get_logits_ith(index + row as i32))
+                .collect();
+            chosen_by.push(id);
+            choices.push(Choice {
+                decoder: &mut active.decoder,
+                draft: &active.draft,
+                rows,
             });
+        }
+        let card = self.model.card();
+        let outcomes = choose_all(
+            choices,
+            &|token| card.token_bytes(token),
+            self.settings.threads,
+        );
+
+        let mut sampled = 0;
+        let mut forwarded = 0;
+        for (id, outcome) in chosen_by.into_iter().zip(outcomes) {
+            let sequence = &mut self.sequences[id];
+            let Some(active) = sequence.active.as_mut() else {
+                continue;
+            };
             let finish = match outcome {
-                Ok((_, Some(reason))) => Some(Ok(reason)),
-                Ok(_) if sequence.tokens.len() >= context_length => Some(Ok(FinishReason::Length)),
-                Ok((token, None)) => {
-                    active.pending = Some(token);
-                    None
+                Ok(chosen) => {
+                    sampled += chosen.kept + 1;
+                    forwarded += chosen.kept;
+                    // The draft's tokens after those kept leave the cache.
+                    let rejected = active.draft.len() - chosen.kept;
+                    let cut = sequence.tokens.len() - rejected;
+                    let dropped = rejected == 0
+                        || ctx
+                            .clear_kv_cache_seq(Some(id as u32), Some(cut as u32), None)
+                            .unwrap_or(false);
+                    sequence.tokens.truncate(cut);
+                    match chosen.next {
+                        _ if !dropped => Some(Err(Error::Inference {
+                            backend: BACKEND,
+                            reason: "dropping a draft's rejected tokens from the cache failed"
+                                .into(),
+                            source: None,
+                        })),
+                        Next::Finished(reason) => Some(Ok(reason)),
+                        Next::Token(_) if cut >= context_length => Some(Ok(FinishReason::Length)),
+                        Next::Token(token) => {
+                            active.pending = Some(token);
+                            None
+                        }
+                    }
                 }
                 Err(error) => Some(Err(error)),
             };
@@ -479,6 +564,7 @@ impl<'m> Batcher<'m> {
             }
         }
         self.counters.sampled(sampled);
+        self.counters.forwarded(forwarded);
         Ok(())
     }
 

@@ -7,7 +7,7 @@ use dsrs_local::{CandleAdapter, CandleConfig, CandleModel};
 use super::{Settings, announce, shutdown_signal};
 
 pub(crate) async fn serve(settings: Settings<'_>) -> anyhow::Result<()> {
-    if settings.parallel > 1 {
+    if settings.parallel.is_some_and(|p| p > 1) {
         eprintln!("note: candle decodes one request at a time; --parallel does not apply");
     }
     let plan = settings.pool.plan::<CandleModel>(&settings.spec)?;

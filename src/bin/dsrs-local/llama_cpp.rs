@@ -12,12 +12,11 @@ pub(crate) async fn serve(settings: Settings<'_>) -> anyhow::Result<()> {
         .pool
         .load::<LlamaCppModel>(settings.spec)
         .context("loading the model")?;
-    let adapter = LlamaCppAdapter::from_loaded_model(
-        model,
-        LlamaCppConfig::default()
-            .with_parallel_sequences(settings.parallel)
-            .with_generation(settings.generation),
-    );
+    let mut config = LlamaCppConfig::default().with_generation(settings.generation);
+    if let Some(sequences) = settings.parallel {
+        config = config.with_parallel_sequences(sequences);
+    }
+    let adapter = LlamaCppAdapter::from_loaded_model(model, config);
     let server = Server::bind(adapter, settings.address, settings.options).await?;
     announce(&plan, &server.base_url());
     server.serve(shutdown_signal()).await?;

@@ -60,9 +60,10 @@ struct ServeArgs {
     /// The engine.
     #[arg(long, value_enum, default_value_t = BackendChoice::Llamacpp)]
     backend: BackendChoice,
-    /// Requests decoded together (llama.cpp's continuous batching).
-    #[arg(long, default_value_t = 1)]
-    parallel: usize,
+    /// Requests decoded together (llama.cpp's continuous batching; default:
+    /// all that reach the engine on a GPU, 2 on the CPU).
+    #[arg(long)]
+    parallel: Option<usize>,
     /// Context window in tokens (default: the pool's plan).
     #[arg(long)]
     context: Option<u32>,
@@ -92,7 +93,7 @@ pub(crate) struct Settings<'a> {
     pub(crate) address: SocketAddr,
     pub(crate) options: ServerOptions,
     pub(crate) generation: dsrs_local::GenerationConfig,
-    pub(crate) parallel: usize,
+    pub(crate) parallel: Option<usize>,
 }
 
 #[tokio::main]
@@ -131,7 +132,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let generation = dsrs_local::GenerationConfig::default()
         .with_max_tokens(args.max_tokens)
-        .with_max_concurrency(args.parallel.max(1) * 4);
+        .with_max_concurrency(args.parallel.unwrap_or(4).max(1) * 4);
     let settings = Settings {
         pool: &pool,
         spec,
