@@ -26,8 +26,11 @@ cd "$(dirname "$0")/../.."
 dpkg -s libvulkan-dev glslc spirv-headers >/dev/null 2>&1 || apt-get install -y libvulkan-dev glslc spirv-headers
 bash tools/vulkan/headers.sh
 export CPLUS_INCLUDE_PATH="$PWD/target/vulkan-headers/include"
+# CARGO_TARGET_DIR may name a folder of its own for the Vulkan build, so the
+# CPU build in target/ is not rebuilt (a full build there instead).
+BUILT="${CARGO_TARGET_DIR:-target}/debug"
 
-# The default target folder: only llama.cpp and what links it rebuild.
+# In the default target folder only llama.cpp and what links it rebuild.
 [ "$ONLY" = bench ] || cargo test --features vulkan --no-run
 cargo build --features vulkan --example bench
 
@@ -70,13 +73,13 @@ pack() { # folder binaries…
 }
 
 if [ "$ONLY" != bench ]; then
-    suite="$(ls -t target/debug/deps/suite-* | grep -v '\.d$' | head -1)"
+    suite="$(ls -t "$BUILT"/deps/suite-* | grep -v '\.d$' | head -1)"
     cp "$suite" target/suite
     pack .vulkan target/suite
     cp -r "${DSRS_SHARED_MODELS:-../shared/models}" .vulkan/shared-models
 fi
 
-pack .vulkan-bench target/debug/examples/bench "$BUILD/bin/llama-bench"
+pack .vulkan-bench "$BUILT/examples/bench" "$BUILD/bin/llama-bench"
 # The bench's models take deepseek-coder's vocabulary, as on the CPU (without
 # it they get the byte-level one, whose DSPy replies overrun the bench's budget).
 mkdir -p .vulkan-bench/shared-models/vocab
@@ -90,4 +93,4 @@ tar cJf .vulkan-bench/llama.cpp-peer.tar.xz -C "$(dirname "$PEER")" "${SKIP[@]}"
     --exclude=llama.cpp/docs --exclude=llama.cpp/models --exclude=llama.cpp/media \
     --exclude=llama.cpp/tools/ui --exclude=llama.cpp/tests --exclude=llama.cpp/benches \
     --transform 's,^llama.cpp,peer/llama.cpp,' llama.cpp
-du -sh .vulkan .vulkan-bench .vulkan*/* | sort -h
+du -sh .vulkan*/ .vulkan*/* 2>/dev/null | sort -h || true

@@ -445,6 +445,13 @@ impl<'m> Batcher<'m> {
         let fast_forward = self.settings.fast_forward && self.model.can_drop_positions();
         let mut batch = LlamaBatch::new(budget, 1);
         let mut used = 0;
+        // Every generating sequence's token has a place in the batch (it
+        // holds at least one per sequence); drafts take what is left.
+        let mut tokens_to_come = self
+            .sequences
+            .iter()
+            .filter(|s| s.active.as_ref().is_some_and(|a| a.pending.is_some()))
+            .count();
         for (id, sequence) in self.sequences.iter_mut().enumerate() {
             let Some(active) = sequence.active.as_mut() else {
                 continue;
@@ -455,8 +462,10 @@ impl<'m> Batcher<'m> {
                 add(&mut batch, &mut sequence.tokens, id, token, true)?;
                 active.logits_at = Some(batch.n_tokens() - 1);
                 used += 1;
+                tokens_to_come -= 1;
                 if fast_forward {
-                    used += add_draft(&mut batch, sequence, id, budget - used, context_length)?;
+                    let room = budget.saturating_sub(used + tokens_to_come);
+                    used += add_draft(&mut batch, sequence, id, room, context_length)?;
                 }
             }
         }

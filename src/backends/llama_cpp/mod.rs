@@ -25,8 +25,8 @@
 //!   (`Generation::cached_prompt_tokens` counts the reused tokens;
 //!   `LlamaCppConfig::with_prefix_reuse(false)` turns it off).
 //! - **Concurrency**: each adapter owns one worker thread with one llama.cpp
-//!   context. With `LlamaCppConfig::parallel_sequences` above 1 (default: 2
-//!   on the CPU, `max_concurrency` on a GPU),
+//!   context. With `LlamaCppConfig::parallel_sequences` above 1 (default:
+//!   `max_concurrency`),
 //!   up to that many calls run at once as sequences of that context, decoded
 //!   together in one batch per step
 //!   (continuous batching: a call joins at the next step, a finished one

@@ -132,8 +132,6 @@ pub struct LlamaCppModel {
     /// Creating contexts on one model concurrently is unsound in llama.cpp
     /// (it mutates the model), so creation is serialised.
     context_creation: Mutex<()>,
-    /// Whether layers were offloaded to a GPU.
-    on_accelerator: bool,
 }
 
 impl std::fmt::Debug for LlamaCppModel {
@@ -221,16 +219,10 @@ impl LlamaCppModel {
         };
         let tokens = token_texts(&model);
         let card = ModelCard::new(BACKEND, header, tokens, options.context_length)?;
-        let on_accelerator = options.engine.gpu_layers > 0
-            && !options.engine.vocab_only
-            && list_llama_ggml_backend_devices()
-                .iter()
-                .any(|d| AcceleratorKind::from_ggml_backend(&d.backend).is_some());
         Ok(LlamaCppModel {
             model: ManuallyDrop::new(model),
             card,
             context_creation: Mutex::new(()),
-            on_accelerator,
         })
     }
 
@@ -261,11 +253,6 @@ impl LlamaCppModel {
         let _alone = device_memory::changing();
         drop(context);
         Ok(logits)
-    }
-
-    /// Whether layers run on a GPU (offloaded, and llama.cpp lists one).
-    pub(super) fn on_accelerator(&self) -> bool {
-        self.on_accelerator
     }
 
     /// Whether a sequence's cache can drop its last positions (not for

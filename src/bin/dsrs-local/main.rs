@@ -61,7 +61,7 @@ struct ServeArgs {
     #[arg(long, value_enum, default_value_t = BackendChoice::Llamacpp)]
     backend: BackendChoice,
     /// Requests decoded together (llama.cpp's continuous batching; default:
-    /// all that reach the engine on a GPU, 2 on the CPU).
+    /// all that can reach the engine at once).
     #[arg(long)]
     parallel: Option<usize>,
     /// Context window in tokens (default: the pool's plan).
