@@ -25,8 +25,10 @@ pub struct EngineConfig<X> {
     pub reuse_prefix: bool,
     /// Read the tokens the output constraint forces (a reply's markers) in
     /// the pass of the token before them, checked against the model's own
-    /// choice, instead of one pass each (on by default; the replies are the
-    /// same either way).
+    /// choice, instead of one pass each (on by default). Given the same
+    /// logits the replies are the same either way; a quantized model's
+    /// multi-token pass can round differently and flip a near tie
+    /// (`specs/prompt-protocol.md`).
     pub fast_forward: bool,
     /// Sampling, budget, constraint and concurrency settings.
     pub generation: GenerationConfig,
