@@ -259,6 +259,17 @@ pub struct EngineStats {
     /// The most generations that have run at once: how much batching a
     /// workload actually got.
     pub peak_sequences: usize,
+    /// Forward passes of the model since the engine started (one per
+    /// batch: with several sequences, one pass reads a token of each).
+    pub passes: usize,
+    /// Tokens those passes read, prompts and replies: divided by
+    /// [`passes`](Self::passes), how wide the batches were.
+    pub pass_tokens: usize,
+    /// Time in those passes, until their logits were readable.
+    pub pass_time: Duration,
+    /// Time choosing tokens from their logits (grammar masks, sampling,
+    /// stops), as the engine waited for it.
+    pub token_choice_time: Duration,
 }
 
 /// Where a model goes when it loads: the part of a [`LoadPlan`](crate::pool::plan::LoadPlan)

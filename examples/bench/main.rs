@@ -21,6 +21,9 @@
 //!    `adapter.lm()` (HTTP), dspy-rs's `ChatAdapter` against `llama-server` at
 //!    1, 2, 4, 8 slots, and Python DSPy against `dsrs-local`'s server,
 //!    `llama-server` (its best slot count) and `llama-cpp-python`'s server;
+//!    for our in-process rows, where the evaluation's time went (forward
+//!    passes: how many, how wide, how long; token choice), from
+//!    `Backend::stats()`;
 //! 4. resident memory after loading and running each backend vs the file size.
 //!
 //! The peers come from `benches/setup-peers.sh` (under `target/peers`); a
@@ -46,9 +49,9 @@ use dsrs_local::hardware::HardwareManager;
 use dsrs_local::pool::{ModelPool, ModelSpec};
 use dsrs_local::testing::{TestModelSpec, WeightType, chat_tokenizer};
 use dsrs_local::{
-    Backend, CandleAdapter, CandleConfig, CandleLoadOptions, CandleModel, GenerationConfig,
-    GenerationRequest, LlamaCppAdapter, LlamaCppConfig, LlamaCppLoadOptions, LlamaCppModel,
-    LocalAdapter, Sampling,
+    Backend, CandleAdapter, CandleConfig, CandleLoadOptions, CandleModel, EngineStats,
+    GenerationConfig, GenerationRequest, LlamaCppAdapter, LlamaCppConfig, LlamaCppLoadOptions,
+    LlamaCppModel, LocalAdapter, Sampling,
 };
 use serde_json::{Value, json};
 
@@ -65,8 +68,11 @@ struct QA {
 
 /// Reply budget of the per-call and evaluation measurements.
 const REPLY_TOKENS: u32 = 32;
-/// Context cells per sequence of the batched adapter and per server slot.
-const CELLS_PER_SEQUENCE: u32 = 512;
+/// Context cells per sequence of the batched adapter and per server slot:
+/// a prompt (~490 tokens) and its reply fit in a slot's even share of the
+/// context (llama-server gives each slot one). At 512, 8 llama-server slots
+/// cut every reply short (0 of 64 parsed before).
+const CELLS_PER_SEQUENCE: u32 = 768;
 
 #[derive(Clone, Copy, PartialEq)]
 enum Shape {
@@ -308,6 +314,43 @@ struct DspyRow {
     examples_per_s: f64,
     /// Examples whose reply parsed (random weights: usually none).
     parsed: usize,
+    /// Where the evaluation's time went in our engine (in-process rows).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    passes: Option<PassBreakdown>,
+}
+
+/// The evaluation's forward passes in our engine: how wide, how long, and
+/// what share of the wall time they and the token choice took.
+#[derive(Debug, Clone, serde::Serialize)]
+struct PassBreakdown {
+    passes: usize,
+    tokens_per_pass: f64,
+    ms_per_pass: f64,
+    pass_share: f64,
+    token_choice_share: f64,
+}
+
+impl PassBreakdown {
+    /// What the engine did between two snapshots `wall_s` seconds apart.
+    fn between(before: &EngineStats, after: &EngineStats, wall_s: f64) -> Self {
+        let passes = after.passes.saturating_sub(before.passes);
+        let tokens = after.pass_tokens.saturating_sub(before.pass_tokens);
+        let pass_s = after
+            .pass_time
+            .saturating_sub(before.pass_time)
+            .as_secs_f64();
+        let choice_s = after
+            .token_choice_time
+            .saturating_sub(before.token_choice_time)
+            .as_secs_f64();
+        PassBreakdown {
+            passes,
+            tokens_per_pass: tokens as f64 / passes.max(1) as f64,
+            ms_per_pass: pass_s * 1e3 / passes.max(1) as f64,
+            pass_share: pass_s / wall_s,
+            token_choice_share: choice_s / wall_s,
+        }
+    }
 }
 
 /// Words until the backend's tokenizer counts at least `tokens` tokens.
@@ -590,6 +633,22 @@ fn print_tables(
             "| {} | {:.0} | {:.2} | {}/{} |",
             row.system, row.call_ms, row.examples_per_s, row.parsed, row.examples
         );
+    }
+    println!(
+        "\n| evaluation in our engine | passes | tokens / pass | ms / pass | in passes | choosing tokens |\n|---|---|---|---|---|---|"
+    );
+    for row in dspy {
+        if let Some(p) = &row.passes {
+            println!(
+                "| {} | {} | {:.1} | {:.2} | {:.0} % | {:.0} % |",
+                row.system,
+                p.passes,
+                p.tokens_per_pass,
+                p.ms_per_pass,
+                p.pass_share * 100.0,
+                p.token_choice_share * 100.0
+            );
+        }
     }
     println!("\n| backend | RSS added (MB) | / file size |\n|---|---|---|");
     for row in memory_rows {

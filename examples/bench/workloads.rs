@@ -1,9 +1,9 @@
 //! The DSPy workloads, every system at its best setting, side by side:
 //!
 //! - ours: `LlamaCppAdapter` at 1, 2, 4, 8, … sequences, doubling up to
-//!   `--sequences` (through `Predict`,
-//!   in-process), and through `adapter.lm()` (dspy-rs's HTTP route to our
-//!   loopback server) at the best of those;
+//!   `--sequences` (through `Predict`, in-process), and through
+//!   `adapter.lm()` (dspy-rs's HTTP route to our loopback server) at the
+//!   best of those;
 //! - dspy-rs's `ChatAdapter` against `llama-server` at as many slots;
 //! - Python DSPy against `dsrs-local`'s server (our best setting), against
 //!   `llama-server` (its best slot count), and against `llama-cpp-python`'s
@@ -19,12 +19,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use dspy_rs::{LM, Predict, Predictor, configure};
-use dsrs_local::Backend as _;
+use dsrs_local::Backend;
 use dsrs_local::server::{Server, ServerOptions};
 use dsrs_local::{GenerationConfig, LlamaCppAdapter, LlamaCppConfig, LlamaCppModel};
 use futures::StreamExt;
 
-use super::{CELLS_PER_SEQUENCE, DspyRow, Options, REPLY_TOKENS, median, qa_with_demos, question};
+use super::{
+    CELLS_PER_SEQUENCE, DspyRow, Options, PassBreakdown, REPLY_TOKENS, median, qa_with_demos,
+    question,
+};
 use crate::peers::{self, Peers};
 
 /// What the workloads measured, and the best settings found.
@@ -60,10 +63,12 @@ fn adapter(model: &Arc<LlamaCppModel>, sequences: usize, clients: usize) -> Llam
 /// `Predict` through the configured adapter, or through `lm` over HTTP
 /// (`forward_with_config`): the median of `runs` lone calls (a new question
 /// each), then the evaluation, `clients` calls at a time.
+/// With `engine`, the row says where the evaluation's time went in it.
 pub async fn dspy_row(
     system: &str,
     options: &Options,
     over_http: Option<Arc<LM>>,
+    engine: Option<&dyn Backend>,
 ) -> anyhow::Result<DspyRow> {
     let predict = Predict::new(qa_with_demos()?);
     let call = |i: usize| {
@@ -84,6 +89,7 @@ pub async fn dspy_row(
             call_ms.push(started.elapsed().as_secs_f64() * 1e3);
         }
     }
+    let before = engine.map(|engine| engine.stats());
     let started = Instant::now();
     let results: Vec<_> = futures::stream::iter(0..options.eval_examples)
         .map(call)
@@ -91,6 +97,9 @@ pub async fn dspy_row(
         .collect()
         .await;
     let elapsed = started.elapsed();
+    let passes = engine.zip(before).map(|(engine, before)| {
+        PassBreakdown::between(&before, &engine.stats(), elapsed.as_secs_f64())
+    });
     let parsed = results.iter().filter(|r| r.is_ok()).count();
     if let Some(Err(error)) = results.iter().find(|r| r.is_err()) {
         let message = error.to_string();
@@ -111,6 +120,7 @@ pub async fn dspy_row(
         examples: options.eval_examples,
         examples_per_s: options.eval_examples as f64 / elapsed.as_secs_f64(),
         parsed,
+        passes,
     })
 }
 
@@ -139,7 +149,7 @@ pub async fn run(
         let adapter = adapter(model, sequences, options.clients);
         configure(adapter.lm().await?, adapter.clone());
         let name = format!("LlamaCppAdapter, {sequences} sequence{}", plural(sequences));
-        let row = dspy_row(&name, options, None).await?;
+        let row = dspy_row(&name, options, None, Some(adapter.backend().as_ref())).await?;
         peak_sequences = peak_sequences.max(adapter.backend().stats().peak_sequences);
         ours.push((sequences, row.clone()));
         rows.push(row);
@@ -151,7 +161,8 @@ pub async fn run(
     let lm = Arc::new(adapter.lm().await?);
     configure((*lm).clone(), adapter.clone());
     let name = format!("dspy-rs through adapter.lm() (HTTP), {best_sequences} sequences");
-    rows.push(dspy_row(&name, options, Some(lm)).await?);
+    let engine: Option<&dyn Backend> = Some(adapter.backend().as_ref());
+    rows.push(dspy_row(&name, options, Some(lm), engine).await?);
 
     // dspy-rs's own ChatAdapter against llama-server at each slot count.
     let mut servers = Vec::new();
@@ -234,7 +245,7 @@ async fn llama_server_row(
         "dspy-rs ChatAdapter + llama-server, {slots} slot{}",
         plural(slots)
     );
-    dspy_row(&name, options, None).await
+    dspy_row(&name, options, None, None).await
 }
 
 /// Python DSPy against `base_url`, or against llama-cpp-python's server
@@ -265,6 +276,7 @@ fn python_row(
         examples: options.eval_examples,
         examples_per_s: report["examples_per_s"].as_f64().unwrap_or(f64::NAN),
         parsed: report["parsed"].as_u64().unwrap_or(0) as usize,
+        passes: None,
     };
     Ok((row, report["versions"].clone()))
 }

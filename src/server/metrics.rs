@@ -94,7 +94,7 @@ impl Metrics {
         } else {
             0.0
         };
-        let scalars: [(&str, &str, &str, String); 11] = [
+        let scalars: [(&str, &str, &str, String); 15] = [
             (
                 "dsrs_prompt_tokens_total",
                 "counter",
@@ -160,6 +160,30 @@ impl Metrics {
                 "counter",
                 "Of those, forced tokens read in the pass before their own and kept.",
                 engine.forwarded_tokens.to_string(),
+            ),
+            (
+                "dsrs_forward_passes_total",
+                "counter",
+                "Forward passes of the model (one per batch of all sequences).",
+                engine.passes.to_string(),
+            ),
+            (
+                "dsrs_forward_pass_tokens_total",
+                "counter",
+                "Tokens those passes read, prompts and replies.",
+                engine.pass_tokens.to_string(),
+            ),
+            (
+                "dsrs_forward_pass_seconds_total",
+                "counter",
+                "Time in those passes, until their logits were readable.",
+                engine.pass_time.as_secs_f64().to_string(),
+            ),
+            (
+                "dsrs_token_choice_seconds_total",
+                "counter",
+                "Time choosing tokens from the logits (grammar, sampling, stops).",
+                engine.token_choice_time.as_secs_f64().to_string(),
             ),
         ];
         for (name, kind, help, value) in scalars {

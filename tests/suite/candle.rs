@@ -91,16 +91,18 @@ async fn forced_tokens_read_ahead_change_no_reply() {
     use dsrs_local::Backend as _;
     use dsrs_local::testing::task_model_path;
     use dsrs_local::testing::tasks::{TaskFamily, TaskStream};
-    let model =
-        Arc::new(CandleModel::load(task_model_path(), CandleLoadOptions::default()).unwrap());
     let mut stream = TaskStream::held_out(7);
     let examples: Vec<_> = (0..12)
         .map(|i| stream.sample(TaskFamily::ALL[i % TaskFamily::ALL.len()], i % 3))
         .collect();
     for temperature in [0.0, 0.8] {
+        // A model each, so each adapter's cache sees only its own calls and
+        // both read their prompts in the same passes.
         let adapter = |fast_forward: bool| {
             CandleAdapter::from_loaded_model(
-                Arc::clone(&model),
+                Arc::new(
+                    CandleModel::load(task_model_path(), CandleLoadOptions::default()).unwrap(),
+                ),
                 CandleConfig::default()
                     .with_context_length(4096)
                     .with_fast_forward(fast_forward)
@@ -131,6 +133,12 @@ async fn forced_tokens_read_ahead_change_no_reply() {
         assert!(
             ahead.forwarded_tokens > 0,
             "markers were read ahead: {ahead:?}"
+        );
+        // Each forced token kept is a pass saved.
+        assert_eq!(
+            ahead.passes + ahead.forwarded_tokens,
+            stepwise.passes,
+            "{ahead:?} vs {stepwise:?}"
         );
     }
 }

@@ -198,12 +198,19 @@ async fn concurrent_calls_decoded_together_equal_calls_one_by_one() {
     let calls = examples
         .iter()
         .map(|example| together.predict(&lm, &example.signature, &example.inputs));
-    let batched: Vec<String> = futures::future::join_all(calls)
+    let (batched, cached): (Vec<String>, Vec<usize>) = futures::future::join_all(calls)
         .await
         .into_iter()
-        .map(|result| result.unwrap().1.text)
-        .collect();
+        .map(|result| {
+            let generation = result.unwrap().1;
+            (generation.text, generation.cached_prompt_tokens)
+        })
+        .unzip();
     assert_eq!(batched, expected);
+    assert!(
+        cached.iter().filter(|&&c| c > 0).count() > 1,
+        "later calls took the shared prefix from a cache: {cached:?}"
+    );
     let (alone, together) = (one_by_one.backend().stats(), together.backend().stats());
     assert_eq!(alone.peak_sequences, 1);
     assert_eq!(alone.forwarded_tokens, 0);
@@ -216,6 +223,10 @@ async fn concurrent_calls_decoded_together_equal_calls_one_by_one() {
     assert!(
         together.forwarded_tokens > 0,
         "markers were read ahead: {together:?}"
+    );
+    assert!(
+        together.passes < alone.passes,
+        "batching read the calls in fewer passes: {together:?} vs {alone:?}"
     );
 }
 

@@ -288,6 +288,27 @@ async fn models_health_and_metrics_answer() {
     ] {
         assert!(metrics.contains(family), "{family} missing:\n{metrics}");
     }
+    // The engine's own counters: the reply took passes, and time in them.
+    let counter = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("{name} ")))
+            .and_then(|value| value.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
+    };
+    assert!(counter("dsrs_forward_passes_total") >= 1.0, "{metrics}");
+    assert!(
+        counter("dsrs_forward_pass_tokens_total") >= counter("dsrs_forward_passes_total"),
+        "{metrics}"
+    );
+    assert!(
+        counter("dsrs_forward_pass_seconds_total") > 0.0,
+        "{metrics}"
+    );
+    assert!(
+        counter("dsrs_token_choice_seconds_total") > 0.0,
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -10,7 +10,8 @@
 #
 # The builds: llama.cpp as shared libraries with CUDA from llama-cpp-sys-2's
 # own source (the binaries here link those libraries by name), and
-# llama-bench/llama-quantize from llama-cpp-python's llama.cpp tree (the peer).
+# llama-bench/llama-batched-bench/llama-quantize from llama-cpp-python's
+# llama.cpp tree (the peer).
 set -u
 cd "$(dirname "$0")/../.."
 ROOT="$PWD"
@@ -78,8 +79,8 @@ build)
         touch "$WORK/peer.done"
         exit 0
     fi
-    # `peer`: llama-bench with CUDA only, beside a Vulkan pack's own (not
-    # made the bench's peer).
+    # `peer`: llama-bench and llama-batched-bench with CUDA only, beside a
+    # Vulkan pack's own (not made the bench's peer).
     link="mkdir -p $WORK/peers/llama.cpp-build && ln -sfn $WORK/peer-build/bin $WORK/peers/llama.cpp-build/bin"
     if [ "$what" = peer ]; then
         touch "$WORK/llama.done"
@@ -91,7 +92,7 @@ build)
             -DBUILD_SHARED_LIBS=OFF $CPU_FLAGS $CUDA_FLAGS -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
             -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF \
             -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF &&
-        cmake --build $WORK/peer-build -j 16 --target llama-bench llama-quantize &&
+        cmake --build $WORK/peer-build -j 16 --target llama-bench llama-batched-bench llama-quantize &&
         $link && touch $WORK/peer.done" >"$WORK/peer.log" 2>&1 </dev/null &
     echo "builds started"
     ;;

@@ -6,11 +6,11 @@
 #   .vulkan/        the test suite built `--features vulkan` (llama.cpp's
 #                   Vulkan backend compiled in, shaders included) and the
 #                   shared test models;
-#   .vulkan-bench/  the bench built the same way, `llama-bench` built for
-#                   Vulkan from llama-cpp-python's llama.cpp tree (the
-#                   bench's peer), and that tree's source, so that
-#                   `on-device.sh build peer` can build a CUDA llama-bench
-#                   there for the same files.
+#   .vulkan-bench/  the bench built the same way, `llama-bench` and
+#                   `llama-batched-bench` built for Vulkan from
+#                   llama-cpp-python's llama.cpp tree (the bench's peer),
+#                   and that tree's source, so that `on-device.sh build
+#                   peer` can build both for CUDA there for the same files.
 #
 # Both hold the Vulkan loader and GL dispatch as Debian packages (unpacked
 # there where missing) and the few system libraries the machine may lack.
@@ -37,14 +37,14 @@ cargo build --features vulkan --example bench
 PEER=target/peers/llama_cpp_python-0.3.36/vendor/llama.cpp
 [ -d "$PEER" ] || bash benches/setup-peers.sh
 BUILD=target/peers/llama.cpp-vulkan
-if [ ! -x "$BUILD/bin/llama-bench" ]; then
+if [ ! -x "$BUILD/bin/llama-bench" ] || [ ! -x "$BUILD/bin/llama-batched-bench" ]; then
     # The CPU flags of benches/setup-peers.sh's build, and Vulkan.
     cmake -S "$PEER" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF \
         -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
         -DGGML_VULKAN=ON -DBUILD_SHARED_LIBS=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
         -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
         -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF >target/peers/vulkan-configure.log
-    cmake --build "$BUILD" -j "$(nproc)" --target llama-bench >target/peers/vulkan-build.log
+    cmake --build "$BUILD" -j "$(nproc)" --target llama-bench llama-batched-bench >target/peers/vulkan-build.log
 fi
 
 # What both packs hold: libraries the binaries need beyond glibc and
@@ -79,7 +79,7 @@ if [ "$ONLY" != bench ]; then
     cp -r "${DSRS_SHARED_MODELS:-../shared/models}" .vulkan/shared-models
 fi
 
-pack .vulkan-bench "$BUILT/examples/bench" "$BUILD/bin/llama-bench"
+pack .vulkan-bench "$BUILT/examples/bench" "$BUILD/bin/llama-bench" "$BUILD/bin/llama-batched-bench"
 # The bench's models take deepseek-coder's vocabulary, as on the CPU (without
 # it they get the byte-level one, whose DSPy replies overrun the bench's budget).
 mkdir -p .vulkan-bench/shared-models/vocab

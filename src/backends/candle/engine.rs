@@ -100,7 +100,9 @@ impl Backend for CandleBackend {
             if decoder.is_cancelled() {
                 return Ok(cancelled_before_start());
             }
+            let pass_started = Instant::now();
             weights.next_logits(chunk)?;
+            self.counters.pass(chunk.len(), pass_started.elapsed());
         }
         if decoder.is_cancelled() {
             return Ok(cancelled_before_start());
@@ -120,7 +122,9 @@ impl Backend for CandleBackend {
                 Vec::new()
             };
             input.extend_from_slice(&draft);
+            let pass_started = Instant::now();
             let mut rows = weights.logits_rows(&input, draft.len() + 1)?;
+            self.counters.pass(input.len(), pass_started.elapsed());
             if prefill.is_none() {
                 prefill = Some(started.elapsed());
                 tracing::debug!(
@@ -130,11 +134,13 @@ impl Backend for CandleBackend {
                     "prefill"
                 );
             }
+            let choice_started = Instant::now();
             let chosen = decoder.choose(
                 &draft,
                 |row| rows.get_mut(row).map(std::mem::take).unwrap_or_default(),
                 |token| model.card().token_bytes(token),
             )?;
+            self.counters.chose(choice_started.elapsed());
             self.counters.sampled(chosen.kept + 1);
             self.counters.forwarded(chosen.kept);
             // The draft's tokens after those kept leave the cache.

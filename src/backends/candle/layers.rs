@@ -7,7 +7,6 @@ use std::io::{Read, Seek};
 use candle_core::quantized::{QMatMul, QTensor, gguf_file};
 use candle_core::{Device, Module, Tensor};
 use candle_transformers::quantized_nn::RmsNorm;
-use candle_transformers::utils::repeat_kv;
 
 use super::family::{Activation, Architecture, Family, RopeSetting};
 
@@ -372,24 +371,34 @@ impl Attention {
         };
         *cache = Some((key.clone(), value.clone()));
 
+        // Grouped-query attention without copying the keys and values per
+        // query head: the queries of the heads that share a key/value head
+        // become rows of one product, `(batch, kv_heads, groups × len, dim)`
+        // (repeating them cost ~40 % of a token at a 450-token context).
         let groups = arch.heads / arch.kv_heads;
-        let key = repeat_kv(key, groups)?;
-        let value = repeat_kv(value, groups)?.contiguous()?;
+        let width = key.dim(2)?;
+        let query = query
+            .contiguous()?
+            .reshape((batch, arch.kv_heads, groups * len, head_dim))?;
         let scores = (query.matmul(&key.t()?)? * arch.attention_scale)?;
         let scores = match arch.attention_softcap {
             Some(cap) => soft_cap(&scores, cap)?,
             None => scores,
         };
         let scores = match mask {
-            Some(mask) => scores.broadcast_add(mask)?,
+            // The mask `(len, width)` applies to each group's rows alike.
+            Some(mask) => scores
+                .reshape((batch, arch.kv_heads, groups, len, width))?
+                .broadcast_add(mask)?
+                .reshape((batch, arch.kv_heads, groups * len, width))?,
             None => scores,
         };
         let weights = candle_nn::ops::softmax_last_dim(&scores)?;
-        let y = weights.matmul(&value)?.transpose(1, 2)?.reshape((
-            batch,
-            len,
-            arch.heads * head_dim,
-        ))?;
+        let y = weights
+            .matmul(&value)?
+            .reshape((batch, arch.heads, len, head_dim))?
+            .transpose(1, 2)?
+            .reshape((batch, len, arch.heads * head_dim))?;
         self.output.forward(&y)
     }
 }

@@ -1,7 +1,8 @@
 //! What an engine holds and has done, kept as atomics the engine writes and
 //! any thread reads ([`Backend::stats`](crate::backend::Backend::stats)).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use crate::backend::EngineStats;
 
@@ -18,6 +19,14 @@ pub(crate) struct EngineCounters {
     sampled_tokens: AtomicUsize,
     /// Of those, tokens read ahead as forced and kept.
     forwarded_tokens: AtomicUsize,
+    /// Forward passes of the model, and the tokens they read.
+    passes: AtomicUsize,
+    pass_tokens: AtomicUsize,
+    /// Nanoseconds in those passes (until their logits were readable).
+    pass_nanos: AtomicU64,
+    /// Nanoseconds choosing tokens from their logits (on the engine's
+    /// critical path: the slowest thread's share when sequences choose at once).
+    choice_nanos: AtomicU64,
 }
 
 impl EngineCounters {
@@ -50,6 +59,18 @@ impl EngineCounters {
         self.forwarded_tokens.fetch_add(tokens, Ordering::Relaxed);
     }
 
+    /// Counts one forward pass over `tokens` tokens that took `time`.
+    pub(crate) fn pass(&self, tokens: usize, time: Duration) {
+        self.passes.fetch_add(1, Ordering::Relaxed);
+        self.pass_tokens.fetch_add(tokens, Ordering::Relaxed);
+        self.pass_nanos.fetch_add(nanos(time), Ordering::Relaxed);
+    }
+
+    /// Counts time spent choosing tokens after a pass.
+    pub(crate) fn chose(&self, time: Duration) {
+        self.choice_nanos.fetch_add(nanos(time), Ordering::Relaxed);
+    }
+
     /// A snapshot.
     pub(crate) fn stats(&self) -> EngineStats {
         let get = |counter: &AtomicUsize| counter.load(Ordering::Relaxed);
@@ -59,6 +80,14 @@ impl EngineCounters {
             sampled_tokens: get(&self.sampled_tokens),
             forwarded_tokens: get(&self.forwarded_tokens),
             peak_sequences: get(&self.peak_sequences),
+            passes: get(&self.passes),
+            pass_tokens: get(&self.pass_tokens),
+            pass_time: Duration::from_nanos(self.pass_nanos.load(Ordering::Relaxed)),
+            token_choice_time: Duration::from_nanos(self.choice_nanos.load(Ordering::Relaxed)),
         }
     }
+}
+
+fn nanos(time: Duration) -> u64 {
+    u64::try_from(time.as_nanos()).unwrap_or(u64::MAX)
 }

@@ -42,8 +42,8 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use super::device_memory;
 use super::model::{BACKEND, LlamaCppModel, as_llama, inference_error};
 use crate::backend::LocalModel;
-use crate::backend::{FinishReason, Generation, GenerationRequest, Timings};
-use crate::backends::common::{EngineCounters, Prepared, cancelled_before_start, prepare};
+use crate::backend::{FinishReason, Generation, Timings};
+use crate::backends::common::{EngineCounters, Prepared, cancelled_before_start};
 use crate::decode::{Choice, Decoder, Next, choose_all};
 use crate::{Error, Result};
 
@@ -52,9 +52,11 @@ use crate::{Error, Result};
 /// shorter wait costs more than reading them).
 const WORTH_WAITING: usize = 32;
 
-/// A request and where its result goes.
+/// A request, prepared by its caller (tokenized, grammar compiled: on the
+/// caller's thread, so that many arriving at once are prepared in parallel
+/// while the worker decodes), and where its result goes.
 pub(super) struct Job {
-    pub(super) request: GenerationRequest,
+    pub(super) prepared: Prepared,
     pub(super) reply: SyncSender<Result<Generation>>,
 }
 
@@ -108,7 +110,8 @@ fn create_context(model: &LlamaCppModel, settings: ContextSettings) -> Result<Ll
         .with_n_batch(batch)
         .with_n_ubatch(batch)
         .with_n_seq_max(u32::try_from(settings.sequences).unwrap_or(u32::MAX))
-        // One pool of cells for all sequences, so a shared prefix is stored once.
+        // One pool of cells for all sequences, so a shared prefix is stored
+        // once (a cache per sequence made passes slower: specs/llamacpp-adapter.md).
         .with_kv_unified(true)
         .with_n_threads(threads)
         .with_n_threads_batch(threads);
@@ -159,7 +162,7 @@ fn add_draft(
 
 /// A request being served.
 struct Active {
-    job: Job,
+    reply: SyncSender<Result<Generation>>,
     decoder: Decoder,
     prompt: Vec<u32>,
     /// Prompt tokens read so far (those before it came from a shared prefix
@@ -196,9 +199,9 @@ struct Batcher<'m> {
     settings: ContextSettings,
     sequences: Vec<Sequence>,
     waiting: VecDeque<Job>,
-    /// Prepared requests held back until a running request has read the
-    /// prefix they share with it (oldest first).
-    deferred: Vec<(Job, Prepared)>,
+    /// Requests held back until a running request has read the prefix they
+    /// share with it (oldest first).
+    deferred: Vec<Job>,
     /// What it holds and has done, for the backend to report.
     counters: Arc<EngineCounters>,
 }
@@ -259,44 +262,34 @@ impl<'m> Batcher<'m> {
     /// allow, holding back those worth waiting for a prefix.
     fn admit(&mut self, ctx: &mut LlamaContext<'_>) {
         let capacity = ctx.n_ctx() as usize;
-        let context_length = capacity.min(self.settings.context_length);
-        for (job, prepared) in std::mem::take(&mut self.deferred) {
-            if job.request.control.is_cancelled() {
+        for job in std::mem::take(&mut self.deferred) {
+            if job.prepared.decoder.is_cancelled() {
                 let _ = job.reply.send(Ok(cancelled_before_start()));
-            } else if self.has_room(capacity, prepared.cells)
-                && !self.worth_waiting(&prepared.prompt)
+            } else if self.has_room(capacity, job.prepared.cells)
+                && !self.worth_waiting(&job.prepared.prompt)
             {
-                self.start(ctx, job, prepared);
+                self.start(ctx, job);
             } else {
-                self.deferred.push((job, prepared));
+                self.deferred.push(job);
             }
         }
-        // No request is prepared (tokenized, grammar compiled) while every
-        // sequence is busy.
         while self.sequences.iter().any(|s| s.active.is_none())
             && let Some(job) = self.waiting.pop_front()
         {
-            if job.request.control.is_cancelled() {
+            if job.prepared.decoder.is_cancelled() {
+                // The caller may have gone away; nothing to do then.
                 let _ = job.reply.send(Ok(cancelled_before_start()));
                 continue;
             }
-            let prepared = match prepare(self.model, &job.request, context_length) {
-                Ok(prepared) => prepared,
-                Err(error) => {
-                    // The caller may have gone away (cancelled); nothing to do then.
-                    let _ = job.reply.send(Err(error));
-                    continue;
-                }
-            };
-            if !self.has_room(capacity, prepared.cells) {
+            if !self.has_room(capacity, job.prepared.cells) {
                 self.waiting.push_front(job);
                 return;
             }
-            if self.worth_waiting(&prepared.prompt) {
-                self.deferred.push((job, prepared));
+            if self.worth_waiting(&job.prepared.prompt) {
+                self.deferred.push(job);
                 continue;
             }
-            self.start(ctx, job, prepared);
+            self.start(ctx, job);
         }
     }
 
@@ -336,12 +329,16 @@ impl<'m> Batcher<'m> {
 
     /// Puts a prepared request on a free sequence, sharing the longest prefix
     /// any sequence holds.
-    fn start(&mut self, ctx: &mut LlamaContext<'_>, job: Job, prepared: Prepared) {
-        let Prepared {
-            prompt,
-            decoder,
-            cells: reserved,
-        } = prepared;
+    fn start(&mut self, ctx: &mut LlamaContext<'_>, job: Job) {
+        let Job {
+            prepared:
+                Prepared {
+                    prompt,
+                    decoder,
+                    cells: reserved,
+                },
+            reply,
+        } = job;
         // At least the last prompt token is read, for its logits (a prepared
         // prompt is never empty).
         let shareable = prompt.len().saturating_sub(1);
@@ -390,7 +387,7 @@ impl<'m> Batcher<'m> {
         sequence.tokens = prompt[..reused].to_vec();
         sequence.idle_since = None;
         sequence.active = Some(Active {
-            job,
+            reply,
             decoder,
             prompt,
             read: reused,
@@ -484,6 +481,7 @@ impl<'m> Batcher<'m> {
                 }
             }
         }
+        let pass_started = Instant::now();
         {
             let _shared = device_memory::decoding();
             ctx.decode(&mut batch)
@@ -520,12 +518,17 @@ impl<'m> Batcher<'m> {
                 rows,
             });
         }
+        // A GPU pass ends when its logits are read (above).
+        self.counters
+            .pass(batch.n_tokens() as usize, pass_started.elapsed());
         let card = self.model.card();
+        let choice_started = Instant::now();
         let outcomes = choose_all(
             choices,
             &|token| card.token_bytes(token),
             self.settings.threads,
         );
+        self.counters.chose(choice_started.elapsed());
 
         let mut sampled = 0;
         let mut forwarded = 0;
@@ -567,7 +570,7 @@ impl<'m> Batcher<'m> {
                 && let Some(done) = sequence.active.take()
             {
                 sequence.idle_since = Some(Instant::now());
-                let reply = done.job.reply.clone();
+                let reply = done.reply.clone();
                 // The caller may have gone away (cancelled); nothing to do then.
                 let _ = reply.send(finish.map(|reason| done.finish(reason)));
             }
@@ -599,7 +602,7 @@ impl<'m> Batcher<'m> {
                 && let Some(done) = sequence.active.take()
             {
                 sequence.idle_since = Some(Instant::now());
-                let reply = done.job.reply.clone();
+                let reply = done.reply.clone();
                 let _ = reply.send(Ok(done.finish(FinishReason::Cancelled)));
             }
         }
@@ -610,7 +613,7 @@ impl<'m> Batcher<'m> {
     fn fail_all(&mut self, ctx: &mut LlamaContext<'_>, error: &Error) {
         for sequence in &mut self.sequences {
             if let Some(active) = sequence.active.take() {
-                let _ = active.job.reply.send(Err(error.clone()));
+                let _ = active.reply.send(Err(error.clone()));
             }
             sequence.tokens.clear();
             sequence.idle_since = None;

@@ -12,7 +12,7 @@ use std::thread;
 use super::batching::{ContextSettings, Job, worker};
 use super::model::{BACKEND, LlamaCppModel};
 use crate::backend::{Backend, EngineStats, Generation, GenerationRequest, LocalModel};
-use crate::backends::common::{EngineConfig, EngineCounters, EngineSettings};
+use crate::backends::common::{EngineConfig, EngineCounters, EngineSettings, prepare};
 use crate::{Error, Result};
 
 /// What only a llama.cpp adapter's settings have.
@@ -147,11 +147,13 @@ impl Backend for LlamaCppBackend {
     }
 
     fn generate(&self, request: &GenerationRequest) -> Result<Generation> {
+        // Prepared here, on the caller's thread: concurrent callers tokenize
+        // and compile their grammars in parallel, beside the worker's decoding
+        // (one after another on the worker, 64 calls took ~40 % of an
+        // evaluation's time on a GPU).
+        let prepared = prepare(self.model.as_ref(), request, self.settings.context_length)?;
         let (reply, answer) = mpsc::sync_channel(1);
-        let job = Job {
-            request: request.clone(),
-            reply,
-        };
+        let job = Job { prepared, reply };
         let worker_gone = || Error::WorkerStopped { backend: BACKEND };
         self.queue()?
             .lock()
