@@ -102,26 +102,32 @@ impl Decoder {
     }
 
     /// Chooses the next token from the model's logits for the last position.
-    /// The logits may be masked in place.
     ///
     /// Greedy and constrained, the most likely token is checked against the
     /// grammar first; only when the grammar refuses it is the whole mask
     /// computed (the mask's cost grows with the vocabulary; one check does
     /// not). The token is the same either way: the first highest logit of
     /// all, when allowed, is also the first highest of the allowed ones.
-    pub(crate) fn next_token(&mut self, logits: &mut [f32]) -> Result<u32> {
+    /// The logits are only read: a mask is applied to a copy, made only
+    /// then (a row is the vocabulary's size, and a batched pass hands over
+    /// one per sequence and draft position).
+    pub(crate) fn next_token(&mut self, logits: &[f32]) -> Result<u32> {
         let started = Instant::now();
-        if let Some(constraint) = &mut self.constraint {
-            if self.sampler.is_greedy()
-                && let Some(best) = sampler::argmax(logits)
-                && constraint.allows(best)
-            {
-                self.token_choice += started.elapsed();
-                return Ok(best);
+        let token = match &mut self.constraint {
+            Some(constraint) => {
+                if self.sampler.is_greedy()
+                    && let Some(best) = sampler::argmax(logits)
+                    && constraint.allows(best)
+                {
+                    Some(best)
+                } else {
+                    let mut masked = logits.to_vec();
+                    constraint.mask_logits(&mut masked)?;
+                    self.sampler.sample(&masked)
+                }
             }
-            constraint.mask_logits(logits)?;
-        }
-        let token = self.sampler.sample(logits);
+            None => self.sampler.sample(logits),
+        };
         self.token_choice += started.elapsed();
         token.ok_or_else(|| {
             Error::constraint("no token is allowed next (all logits masked or not finite)")
@@ -155,15 +161,15 @@ impl Decoder {
     /// logits are valid and it goes on. So the reply is the one decoding
     /// token by token gives — a sampler draws once per position either way
     /// — and a draft the model splits differently only costs its pass.
-    pub(crate) fn choose<'p>(
+    pub(crate) fn choose<'p, L: AsRef<[f32]>>(
         &mut self,
         draft: &[u32],
-        mut logits: impl FnMut(usize) -> Vec<f32>,
+        mut logits: impl FnMut(usize) -> L,
         piece: impl Fn(u32) -> &'p [u8],
     ) -> Result<Chosen> {
         let mut kept = 0;
         loop {
-            let token = self.next_token(&mut logits(kept))?;
+            let token = self.next_token(logits(kept).as_ref())?;
             if let Some(reason) = self.push(token, piece(token))? {
                 return Ok(Chosen {
                     kept,
@@ -425,7 +431,7 @@ mod tests {
                 full.mask_logits(&mut masked).unwrap();
                 let expected = sampler::argmax(&masked).unwrap();
                 let before = sampler::argmax(&logits);
-                let token = decoder.next_token(&mut logits.clone()).unwrap();
+                let token = decoder.next_token(&logits).unwrap();
                 assert_eq!(token, expected);
                 fast_hits += usize::from(before == Some(token));
                 full.accept(token).unwrap();
@@ -585,7 +591,7 @@ mod tests {
         loop {
             let mut logits: Vec<f32> = (0..=256).map(preference).collect();
             logits[eos as usize] = -100.0;
-            let token = decoder.next_token(&mut logits).unwrap();
+            let token = decoder.next_token(&logits).unwrap();
             let piece = [token as u8];
             if let Some(reason) = decoder.push(token, &piece).unwrap() {
                 return decoder.finish(1, reason, Timings::default());

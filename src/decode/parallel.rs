@@ -21,7 +21,7 @@ impl Choice<'_> {
         let rows = self.rows;
         self.decoder.choose(
             self.draft,
-            |row| rows.get(row).map(|r| r.to_vec()).unwrap_or_default(),
+            |row| rows.get(row).copied().unwrap_or_default(),
             piece,
         )
     }

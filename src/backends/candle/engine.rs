@@ -123,7 +123,7 @@ impl Backend for CandleBackend {
             };
             input.extend_from_slice(&draft);
             let pass_started = Instant::now();
-            let mut rows = weights.logits_rows(&input, draft.len() + 1)?;
+            let rows = weights.logits_rows(&input, draft.len() + 1)?;
             self.counters.pass(input.len(), pass_started.elapsed());
             if prefill.is_none() {
                 prefill = Some(started.elapsed());
@@ -137,7 +137,7 @@ impl Backend for CandleBackend {
             let choice_started = Instant::now();
             let chosen = decoder.choose(
                 &draft,
-                |row| rows.get_mut(row).map(std::mem::take).unwrap_or_default(),
+                |row| rows.get(row).map_or(&[][..], Vec::as_slice),
                 |token| model.card().token_bytes(token),
             )?;
             self.counters.chose(choice_started.elapsed());
