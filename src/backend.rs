@@ -260,7 +260,8 @@ pub struct EngineStats {
     /// workload actually got.
     pub peak_sequences: usize,
     /// Forward passes of the model since the engine started (one per
-    /// batch: with several sequences, one pass reads a token of each).
+    /// batch: with several sequences, one pass reads a token of each; 0 for
+    /// an engine that runs no model in this process, such as the remote one).
     pub passes: usize,
     /// Tokens those passes read, prompts and replies: divided by
     /// [`passes`](Self::passes), how wide the batches were.
@@ -268,7 +269,9 @@ pub struct EngineStats {
     /// Time in those passes, until their logits were readable.
     pub pass_time: Duration,
     /// Time choosing tokens from their logits (grammar masks, sampling,
-    /// stops), as the engine waited for it.
+    /// stops), as the engine waited for it: with sequences choosing on
+    /// several threads, the slowest thread's share. Computing drafts (the
+    /// forced tokens read ahead) before a pass is not counted.
     pub token_choice_time: Duration,
 }
 

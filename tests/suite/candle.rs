@@ -95,14 +95,21 @@ async fn forced_tokens_read_ahead_change_no_reply() {
     let examples: Vec<_> = (0..12)
         .map(|i| stream.sample(TaskFamily::ALL[i % TaskFamily::ALL.len()], i % 3))
         .collect();
+    // A model each (the KV cache lives with the weights), so each adapter's
+    // cache sees only its own calls and both read their prompts in the same
+    // passes.
+    let load =
+        || Arc::new(CandleModel::load(task_model_path(), CandleLoadOptions::default()).unwrap());
+    let (ahead_model, stepwise_model) = (load(), load());
     for temperature in [0.0, 0.8] {
-        // A model each, so each adapter's cache sees only its own calls and
-        // both read their prompts in the same passes.
         let adapter = |fast_forward: bool| {
+            let model = if fast_forward {
+                &ahead_model
+            } else {
+                &stepwise_model
+            };
             CandleAdapter::from_loaded_model(
-                Arc::new(
-                    CandleModel::load(task_model_path(), CandleLoadOptions::default()).unwrap(),
-                ),
+                Arc::clone(model),
                 CandleConfig::default()
                     .with_context_length(4096)
                     .with_fast_forward(fast_forward)
