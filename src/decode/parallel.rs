@@ -3,6 +3,7 @@
 //! work splits by sequence, and a step's token choice takes the time of the
 //! slowest thread's share instead of the sum.
 
+use std::sync::{Mutex, PoisonError};
 use std::thread;
 
 use super::{Chosen, Decoder};
@@ -25,6 +26,43 @@ impl Choice<'_> {
             piece,
         )
     }
+}
+
+/// [`Decoder::prepare`] for every decoder that
+/// [needs a mask ahead](Decoder::needs_mask_ahead), on up to `threads - 1`
+/// threads of its own while `wait` runs on the calling one (it waits for the
+/// device to finish the pass; on the CPU it returns at once), which then
+/// takes its share of what is left. Returns what `wait` returned.
+pub(crate) fn prepare_while<R>(
+    decoders: Vec<&mut Decoder>,
+    threads: usize,
+    wait: impl FnOnce() -> R,
+) -> R {
+    let decoders: Vec<_> = decoders
+        .into_iter()
+        .filter(|d| d.needs_mask_ahead())
+        .collect();
+    let helpers = threads.saturating_sub(1).min(decoders.len());
+    let queue = Mutex::new(decoders.into_iter());
+    let work = || {
+        loop {
+            let next = queue.lock().unwrap_or_else(PoisonError::into_inner).next();
+            match next {
+                Some(decoder) => decoder.prepare(),
+                None => return,
+            }
+        }
+    };
+    thread::scope(|scope| {
+        let handles: Vec<_> = (0..helpers).map(|_| scope.spawn(work)).collect();
+        let waited = wait();
+        work();
+        // A panicking helper only leaves its mask to be computed when chosen.
+        for handle in handles {
+            let _ = handle.join();
+        }
+        waited
+    })
 }
 
 /// [`Decoder::choose`] for every choice, on up to `threads` threads (the

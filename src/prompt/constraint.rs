@@ -17,7 +17,7 @@
 use std::sync::Arc;
 
 use llguidance::api::TopLevelGrammar;
-use llguidance::toktrie::{ApproximateTokEnv, TokEnv, TokRxInfo, TokTrie};
+use llguidance::toktrie::{ApproximateTokEnv, SimpleVob, TokEnv, TokRxInfo, TokTrie};
 use llguidance::{Matcher, ParserFactory};
 use serde_json::{Value, json};
 
@@ -590,6 +590,7 @@ impl ConstraintCompiler {
         Ok(ConstraintMatcher {
             matcher: Matcher::new(Ok(parser)),
             tok_env: self.factory.tok_env().clone(),
+            prepared_mask: None,
         })
     }
 }
@@ -598,6 +599,9 @@ impl ConstraintCompiler {
 pub struct ConstraintMatcher {
     matcher: Matcher,
     tok_env: TokEnv,
+    /// The mask of the current state, computed ahead
+    /// ([`prepare_mask`](Self::prepare_mask)); dropped by every change of state.
+    prepared_mask: Option<SimpleVob>,
 }
 
 impl std::fmt::Debug for ConstraintMatcher {
@@ -612,10 +616,10 @@ impl ConstraintMatcher {
     /// Sets the logit of every token the grammar does not allow next to −∞.
     /// Once the grammar is complete only end-of-generation tokens stay allowed.
     pub fn mask_logits(&mut self, logits: &mut [f32]) -> Result<()> {
-        let mask = self
-            .matcher
-            .compute_mask_or_eos()
-            .map_err(|e| engine_error("computing the token mask failed", e))?;
+        let mask = match self.prepared_mask.take() {
+            Some(mask) => mask,
+            None => self.compute_mask()?,
+        };
         // Ids past the vocabulary (padded output layers) are never allowed.
         let known = mask.len().min(logits.len());
         for (id, logit) in logits[..known].iter_mut().enumerate() {
@@ -625,6 +629,22 @@ impl ConstraintMatcher {
         }
         logits[known..].fill(f32::NEG_INFINITY);
         Ok(())
+    }
+
+    /// Computes the mask of the current state now, for the next
+    /// [`mask_logits`](Self::mask_logits): it does not depend on the
+    /// logits, so a backend computes it while the device runs the pass.
+    /// An error is left for `mask_logits` to report.
+    pub(crate) fn prepare_mask(&mut self) {
+        if self.prepared_mask.is_none() {
+            self.prepared_mask = self.compute_mask().ok();
+        }
+    }
+
+    fn compute_mask(&mut self) -> Result<SimpleVob> {
+        self.matcher
+            .compute_mask_or_eos()
+            .map_err(|e| engine_error("computing the token mask failed", e))
     }
 
     /// Whether the grammar allows `token` next (nothing changes): what
@@ -654,6 +674,7 @@ impl ConstraintMatcher {
 
     /// Advances the grammar by a sampled token.
     pub fn accept(&mut self, token: u32) -> Result<()> {
+        self.prepared_mask = None;
         if self.matcher.is_stopped() {
             return Ok(());
         }
@@ -686,11 +707,15 @@ impl ConstraintMatcher {
     /// Advances by all of `tokens` if the grammar allows every one; otherwise
     /// changes nothing and returns false.
     pub(crate) fn accept_all(&mut self, tokens: &[u32]) -> bool {
+        self.prepared_mask = None;
         self.validates(tokens) && self.matcher.consume_tokens(tokens).is_ok()
     }
 
     /// Takes back the last `tokens` tokens.
     pub(crate) fn rollback(&mut self, tokens: usize) -> bool {
+        if tokens > 0 {
+            self.prepared_mask = None;
+        }
         tokens == 0 || self.matcher.rollback(tokens).is_ok()
     }
 
@@ -698,6 +723,7 @@ impl ConstraintMatcher {
     /// vocabulary) and reports whether the grammar accepts it as a whole reply.
     /// Meant for tests and diagnostics.
     pub fn accepts_text(&mut self, text: &str) -> bool {
+        self.prepared_mask = None;
         let tokens = self.tok_env.tokenize_bytes(text.as_bytes());
         for token in tokens {
             let Ok(mask) = self.matcher.compute_mask() else {

@@ -444,6 +444,39 @@ real_model_suite!(smollm2_on_candle, super::OnCandle, "smollm2-135m");
 #[cfg(feature = "candle")]
 real_model_suite!(gemma3_on_candle, super::OnCandle, "gemma3-270m");
 
+/// Drafts take only the batch room the other sequences' next tokens leave:
+/// in a batch of one token per sequence, each call made four times at once
+/// (the replies meet their markers together, a step or so apart; a real
+/// model's markers are several forced tokens) answers and parses.
+#[cfg(feature = "llamacpp")]
+#[tokio::test(flavor = "multi_thread")]
+async fn drafts_leave_room_for_every_sequence_in_a_full_batch() {
+    use dsrs_local::{LlamaCppAdapter, LlamaCppConfig, LlamaCppLoadOptions, LlamaCppModel};
+    let Some(path) = real_model("smollm2-135m") else {
+        return;
+    };
+    let model = Arc::new(LlamaCppModel::load(&path, LlamaCppLoadOptions::default()).unwrap());
+    let full = LlamaCppAdapter::from_loaded_model(
+        model,
+        LlamaCppConfig::default()
+            .with_context_length(4096)
+            .with_batch_size(4)
+            .with_parallel_sequences(4)
+            .with_generation(config().with_max_concurrency(4)),
+    );
+    let lm = lm_of(&full, 64).await;
+    for (name, signature, inputs) in calls() {
+        let together = (0..4).map(|_| full.predict(&lm, signature.as_ref(), &inputs));
+        for result in futures::future::join_all(together).await {
+            let (data, _) = result.unwrap();
+            check_types(name, &data);
+        }
+    }
+    let stats = full.backend().stats();
+    assert_eq!(stats.peak_sequences, 4, "{stats:?}");
+    assert!(stats.forwarded_tokens > 0, "drafts were read: {stats:?}");
+}
+
 /// The two backends on the same real file: same token ids, close logits.
 #[cfg(all(feature = "llamacpp", feature = "candle"))]
 mod across_backends {
@@ -517,9 +550,14 @@ mod across_backends {
         }
     }
 
+    /// SmolLM2-135M Q4_1 moves with the rounding of its 8-bit activations:
+    /// on "The capital of France is", llama.cpp is 0.12 (relative L2) from
+    /// the same weights applied to unrounded activations, candle's kernels
+    /// 0.07, this crate's 0.06, and those three are 0.07–0.17 apart
+    /// (measured 2026-12-04); on the other prompts all are within 0.04.
     #[test]
     fn smollm2_logits_agree() {
-        logits_agree("smollm2-135m", 0.1);
+        logits_agree("smollm2-135m", 0.2);
     }
 
     #[test]

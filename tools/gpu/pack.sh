@@ -5,8 +5,11 @@
 # test models and the few system libraries the machine may lack.
 # Needs the toolchain of tools/gpu/cuda-toolchain.sh (specs/gpu.md).
 #
-# Usage: bash tools/gpu/pack.sh        (from the repository root)
+# Usage: bash tools/gpu/pack.sh [bench]   (from the repository root;
+#        `bench` builds and packs the bench alone: no suite, no test models)
 set -euo pipefail
+ONLY="${1:-}"
+cd "$(dirname "$0")/../.."
 
 TOOLCHAIN="${TOOLCHAIN:-target/cuda-13.0}"
 [ -f "$TOOLCHAIN/env.sh" ] || bash tools/gpu/cuda-toolchain.sh "$TOOLCHAIN"
@@ -14,14 +17,16 @@ TOOLCHAIN="${TOOLCHAIN:-target/cuda-13.0}"
 source "$TOOLCHAIN/env.sh"
 export CARGO_TARGET_DIR=target/gpu
 
-cargo test --features cuda-shared --no-run
+[ "$ONLY" = bench ] || cargo test --features cuda-shared --no-run
 cargo build --features cuda-shared --example bench
 
 GPU=.gpu
 rm -rf "$GPU"
 mkdir -p "$GPU/bin" "$GPU/lib"
-suite="$(ls -t target/gpu/debug/deps/suite-* | grep -v '\.d$' | head -1)"
-cp "$suite" "$GPU/bin/suite"
+if [ "$ONLY" != bench ]; then
+    suite="$(ls -t target/gpu/debug/deps/suite-* | grep -v '\.d$' | head -1)"
+    cp "$suite" "$GPU/bin/suite"
+fi
 cp target/gpu/debug/examples/bench "$GPU/bin/bench"
 strip "$GPU"/bin/*
 xz -9 -T2 "$GPU"/bin/*
@@ -44,5 +49,5 @@ tar cJf "$GPU/llama.cpp-peer.tar.xz" -C "$PEER" "${SKIP[@]}" \
     --exclude=llama.cpp/docs --exclude=llama.cpp/models --exclude=llama.cpp/media \
     --exclude=llama.cpp/tools/ui --exclude=llama.cpp/tests --exclude=llama.cpp/benches \
     --transform 's,^llama.cpp,peer/llama.cpp,' llama.cpp
-cp -r "${DSRS_SHARED_MODELS:-../shared/models}" "$GPU/shared-models"
+[ "$ONLY" = bench ] || cp -r "${DSRS_SHARED_MODELS:-../shared/models}" "$GPU/shared-models"
 du -sh "$GPU"/* | sort -h

@@ -4,11 +4,13 @@
 
 use std::io::{Read, Seek};
 
-use candle_core::quantized::{QMatMul, QTensor, gguf_file};
+use candle_core::quantized::{QTensor, gguf_file};
 use candle_core::{Device, Module, Tensor};
 use candle_transformers::quantized_nn::RmsNorm;
 
+use super::attention_cpu;
 use super::family::{Activation, Architecture, Family, RopeSetting};
+use super::weight::Weight;
 
 /// Rotary position embedding for one base, computed for the positions of each call.
 #[derive(Debug, Clone)]
@@ -79,7 +81,7 @@ impl Rope {
 /// A projection with the optional bias Qwen2 adds.
 #[derive(Debug, Clone)]
 struct Projection {
-    weight: QMatMul,
+    weight: Weight,
     bias: Option<Tensor>,
 }
 
@@ -101,14 +103,14 @@ enum QueryKeyValue {
         key: Projection,
         value: Projection,
     },
-    Fused(QMatMul),
+    Fused(Weight),
 }
 
 /// The gate and up projections: two, or one of twice the width (Phi-3).
 #[derive(Debug, Clone)]
 enum GateUp {
-    Separate { gate: QMatMul, up: QMatMul },
-    Fused(QMatMul),
+    Separate { gate: Weight, up: Weight },
+    Fused(Weight),
 }
 
 /// What every layer of one forward pass shares: RoPE tables and masks.
@@ -125,7 +127,7 @@ pub(super) type LayerCache = Option<(Tensor, Tensor)>;
 #[derive(Debug, Clone)]
 struct Attention {
     qkv: QueryKeyValue,
-    output: QMatMul,
+    output: Weight,
     /// Per-head norms on queries and keys (Qwen3, Gemma 3).
     query_norm: Option<RmsNorm>,
     key_norm: Option<RmsNorm>,
@@ -135,7 +137,7 @@ struct Attention {
 #[derive(Debug, Clone)]
 struct FeedForward {
     gate_up: GateUp,
-    down: QMatMul,
+    down: Weight,
     activation: Activation,
 }
 
@@ -171,8 +173,8 @@ impl<R: Read + Seek> TensorSource<'_, R> {
             .map_err(|e| format!("tensor `{name}`: {e}"))
     }
 
-    pub(super) fn matmul(&mut self, name: &str) -> Result<QMatMul, String> {
-        QMatMul::from_qtensor(self.tensor(name)?).map_err(|e| e.to_string())
+    pub(super) fn matmul(&mut self, name: &str) -> Result<Weight, String> {
+        Weight::new(self.tensor(name)?).map_err(|e| e.to_string())
     }
 
     pub(super) fn norm(&mut self, name: &str) -> Result<RmsNorm, String> {
@@ -380,22 +382,37 @@ impl Attention {
         let query = query
             .contiguous()?
             .reshape((batch, arch.kv_heads, groups * len, head_dim))?;
-        let scores = (query.matmul(&key.t()?)? * arch.attention_scale)?;
-        let scores = match arch.attention_softcap {
-            Some(cap) => soft_cap(&scores, cap)?,
-            None => scores,
+        let layout = attention_cpu::Heads {
+            kv_heads: arch.kv_heads,
+            groups,
+            head_dim,
+            scale: arch.attention_scale,
+            softcap: arch.attention_softcap,
         };
-        let scores = match mask {
-            // The mask `(len, width)` applies to each group's rows alike.
-            Some(mask) => scores
-                .reshape((batch, arch.kv_heads, groups, len, width))?
-                .broadcast_add(mask)?
-                .reshape((batch, arch.kv_heads, groups * len, width))?,
-            None => scores,
+        let attended = match (batch, len) {
+            (1, 1) => attention_cpu::attend(&query, &key, &value, mask, &layout)?,
+            _ => None,
         };
-        let weights = candle_nn::ops::softmax_last_dim(&scores)?;
-        let y = weights
-            .matmul(&value)?
+        let attended = match attended {
+            Some(attended) => attended,
+            None => {
+                let scores = (query.matmul(&key.t()?)? * arch.attention_scale)?;
+                let scores = match arch.attention_softcap {
+                    Some(cap) => soft_cap(&scores, cap)?,
+                    None => scores,
+                };
+                let scores = match mask {
+                    // The mask `(len, width)` applies to each group's rows alike.
+                    Some(mask) => scores
+                        .reshape((batch, arch.kv_heads, groups, len, width))?
+                        .broadcast_add(mask)?
+                        .reshape((batch, arch.kv_heads, groups * len, width))?,
+                    None => scores,
+                };
+                candle_nn::ops::softmax_last_dim(&scores)?.matmul(&value)?
+            }
+        };
+        let y = attended
             .reshape((batch, arch.heads, len, head_dim))?
             .transpose(1, 2)?
             .reshape((batch, len, arch.heads * head_dim))?;

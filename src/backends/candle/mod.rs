@@ -31,10 +31,12 @@
 //! - **Not supported**: tool calling, images, decoding several requests in
 //!   one batch.
 
+mod attention_cpu;
 mod engine;
 mod family;
 mod layers;
 mod model;
+mod quantized_cpu;
 #[cfg_attr(
     any(feature = "cuda", feature = "cuda-shared"),
     path = "thread_binding_cuda.rs"
@@ -45,6 +47,7 @@ mod model;
 )]
 mod thread_binding;
 mod transformer;
+mod weight;
 
 use std::sync::Arc;
 

@@ -15,12 +15,13 @@
 use std::io::{Read, Seek};
 use std::sync::Arc;
 
-use candle_core::quantized::{QMatMul, QTensor, gguf_file};
+use candle_core::quantized::{QTensor, gguf_file};
 use candle_core::{DType, Device, IndexOp, Module, Tensor};
 use candle_transformers::quantized_nn::RmsNorm;
 
 use super::family::{Architecture, Family};
 use super::layers::{Layer, LayerCache, Rope, Step, TensorSource, attention_mask, soft_cap};
+use super::weight::Weight;
 use crate::gguf::GgufHeader;
 
 /// The model and its KV cache, with the tokens the cache holds.
@@ -29,7 +30,7 @@ pub(super) struct Transformer {
     embedding: Arc<QTensor>,
     layers: Vec<Layer>,
     norm: RmsNorm,
-    output: QMatMul,
+    output: Weight,
     global_rope: Rope,
     local_rope: Rope,
     arch: Architecture,
@@ -63,7 +64,7 @@ impl Transformer {
         let output = if source.has("output.weight") {
             source.matmul("output.weight")?
         } else {
-            QMatMul::from_arc(Arc::clone(&embedding)).map_err(|e| e.to_string())?
+            Weight::shared(Arc::clone(&embedding)).map_err(|e| e.to_string())?
         };
         let factors = if source.has("rope_freqs.weight") {
             let factors = source.tensor("rope_freqs.weight")?.dequantize(&Device::Cpu);

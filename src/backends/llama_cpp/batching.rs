@@ -44,7 +44,7 @@ use super::model::{BACKEND, LlamaCppModel, as_llama, inference_error};
 use crate::backend::LocalModel;
 use crate::backend::{FinishReason, Generation, Timings};
 use crate::backends::common::{EngineCounters, Prepared, cancelled_before_start};
-use crate::decode::{Choice, Decoder, Next, choose_all};
+use crate::decode::{Choice, Decoder, Next, choose_all, prepare_while};
 use crate::{Error, Result};
 
 /// Prompt tokens a request must gain by waiting for a running request to
@@ -487,6 +487,20 @@ impl<'m> Batcher<'m> {
             ctx.decode(&mut batch)
                 .map_err(|e| inference_error("decoding failed", e))?;
         }
+        // On a GPU the pass runs on until its logits are read: the masks
+        // that do not depend on them are computed meanwhile.
+        let waiting: Vec<&mut Decoder> = self
+            .sequences
+            .iter_mut()
+            .filter_map(|s| s.active.as_mut())
+            .filter(|a| a.logits_at.is_some())
+            .map(|a| &mut a.decoder)
+            .collect();
+        let pass_time = prepare_while(waiting, self.settings.threads, || {
+            ctx.synchronize();
+            pass_started.elapsed()
+        });
+        let masks_late = pass_started.elapsed().saturating_sub(pass_time);
 
         // Each sequence's tokens are chosen on its own (grammar, sampler):
         // on several threads, each reading its rows of this pass's logits.
@@ -518,9 +532,7 @@ impl<'m> Batcher<'m> {
                 rows,
             });
         }
-        // A GPU pass ends when its logits are read (above).
-        self.counters
-            .pass(batch.n_tokens() as usize, pass_started.elapsed());
+        self.counters.pass(batch.n_tokens() as usize, pass_time);
         let card = self.model.card();
         let choice_started = Instant::now();
         let outcomes = choose_all(
@@ -528,7 +540,8 @@ impl<'m> Batcher<'m> {
             &|token| card.token_bytes(token),
             self.settings.threads,
         );
-        self.counters.chose(choice_started.elapsed());
+        // Masks computed ahead count as choosing only where they outlasted the pass.
+        self.counters.chose(masks_late + choice_started.elapsed());
 
         let mut sampled = 0;
         let mut forwarded = 0;
