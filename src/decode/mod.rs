@@ -141,7 +141,8 @@ impl Decoder {
 
     /// Computes the grammar's mask for the next token ahead of its logits.
     /// Backends call it while the device runs the pass, so on a GPU the mask
-    /// costs no time of its own; on the CPU it only moves work earlier. The
+    /// costs no time of its own; on the CPU a sampling reply's mask only
+    /// comes earlier, and a greedy one's computed in vain is extra work. The
     /// chosen token is the same either way.
     pub(crate) fn prepare(&mut self) {
         let started = Instant::now();

@@ -616,9 +616,11 @@ impl ConstraintMatcher {
     /// Sets the logit of every token the grammar does not allow next to −∞.
     /// Once the grammar is complete only end-of-generation tokens stay allowed.
     pub fn mask_logits(&mut self, logits: &mut [f32]) -> Result<()> {
+        // A check since (`allows`) may have put the matcher in its error
+        // state: the mask prepared before no longer says what is allowed.
         let mask = match self.prepared_mask.take() {
-            Some(mask) => mask,
-            None => self.compute_mask()?,
+            Some(mask) if !self.matcher.is_error() => mask,
+            _ => self.compute_mask()?,
         };
         // Ids past the vocabulary (padded output layers) are never allowed.
         let known = mask.len().min(logits.len());

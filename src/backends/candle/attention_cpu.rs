@@ -37,13 +37,15 @@ pub(super) fn attend(
         ..
     } = *heads;
     let positions = keys.dim(2)?;
-    let mask = mask
-        .map(|m| m.flatten_all()?.to_vec1::<f32>())
-        .transpose()?;
     let output = {
         let (Some(q), Some(k), Some(v)) = (slice(query)?, slice(keys)?, slice(values)?) else {
             return Ok(None);
         };
+        // Read only once the tensors are known to be on the CPU (on a GPU
+        // this would be a copy to the host).
+        let mask = mask
+            .map(|m| m.flatten_all()?.to_vec1::<f32>())
+            .transpose()?;
         let (q, k, v) = (q.get(), k.get(), v.get());
         if q.len() != kv_heads * groups * head_dim
             || k.len() != kv_heads * positions * head_dim
