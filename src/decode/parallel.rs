@@ -1,7 +1,8 @@
 //! Choosing the tokens of many sequences after one batched pass, on several
 //! threads: each sequence's grammar mask and sampler are its own, so the
-//! work splits by sequence, and a step's token choice takes the time of the
-//! slowest thread's share instead of the sum.
+//! work splits by sequence, and a step's token choice takes about the sum
+//! divided by the threads. The masks that do not need the pass's logits are
+//! computed the same way while the pass runs.
 
 use std::sync::{Mutex, PoisonError};
 use std::thread;
@@ -30,9 +31,10 @@ impl Choice<'_> {
 
 /// [`Decoder::prepare`] for every decoder that
 /// [needs a mask ahead](Decoder::needs_mask_ahead), on up to `threads - 1`
-/// threads of its own while `wait` runs on the calling one (it waits for the
-/// device to finish the pass; on the CPU it returns at once), which then
-/// takes its share of what is left. Returns what `wait` returned.
+/// threads of their own while `wait` runs on the calling one (it waits for
+/// the device to finish the pass; on the CPU it returns at once), which then
+/// joins them. Returns what `wait` returned. A panicking thread only leaves
+/// its masks to be computed when chosen.
 pub(crate) fn prepare_while<R>(
     decoders: Vec<&mut Decoder>,
     threads: usize,
@@ -42,27 +44,14 @@ pub(crate) fn prepare_while<R>(
         .into_iter()
         .filter(|d| d.needs_mask_ahead())
         .collect();
-    let helpers = threads.saturating_sub(1).min(decoders.len());
-    let queue = Mutex::new(decoders.into_iter());
-    let work = || {
-        loop {
-            let next = queue.lock().unwrap_or_else(PoisonError::into_inner).next();
-            match next {
-                Some(decoder) => decoder.prepare(),
-                None => return,
-            }
-        }
-    };
-    thread::scope(|scope| {
-        let handles: Vec<_> = (0..helpers).map(|_| scope.spawn(work)).collect();
-        let waited = wait();
-        work();
-        // A panicking helper only leaves its mask to be computed when chosen.
-        for handle in handles {
-            let _ = handle.join();
-        }
-        waited
-    })
+    let helpers = threads.saturating_sub(1);
+    spread(
+        decoders,
+        helpers,
+        |decoder: &mut Decoder| decoder.prepare(),
+        wait,
+    )
+    .0
 }
 
 /// [`Decoder::choose`] for every choice, on up to `threads` threads (the
@@ -72,44 +61,90 @@ pub(crate) fn choose_all<'p>(
     piece: &(impl Fn(u32) -> &'p [u8] + Sync),
     threads: usize,
 ) -> Vec<Result<Chosen>> {
-    let threads = threads.clamp(1, choices.len().max(1));
-    if threads == 1 {
-        return choices.into_iter().map(|c| c.choose(piece)).collect();
-    }
-    let count = choices.len();
-    // Round-robin shares, each remembering where its results go.
-    let mut shares: Vec<Vec<(usize, Choice<'_>)>> = (0..threads).map(|_| Vec::new()).collect();
-    for (index, choice) in choices.into_iter().enumerate() {
-        shares[index % threads].push((index, choice));
-    }
-    let mut results: Vec<Option<Result<Chosen>>> = (0..count).map(|_| None).collect();
-    thread::scope(|scope| {
-        let mut shares = shares.into_iter();
-        let own = shares.next().unwrap_or_default();
-        let handles: Vec<_> = shares
-            .map(|share| {
-                scope.spawn(move || {
-                    share
-                        .into_iter()
-                        .map(|(index, choice)| (index, choice.choose(piece)))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        for (index, chosen) in own.into_iter().map(|(i, c)| (i, c.choose(piece))) {
-            results[index] = Some(chosen);
-        }
-        for handle in handles {
-            // A panicking share leaves its results empty: each gets an error below.
-            if let Ok(done) = handle.join() {
-                for (index, chosen) in done {
-                    results[index] = Some(chosen);
-                }
-            }
-        }
-    });
+    let helpers = threads.saturating_sub(1);
+    let (_, results) = spread(choices, helpers, |choice| choice.choose(piece), || ());
     results
         .into_iter()
         .map(|r| r.unwrap_or_else(|| Err(Error::constraint("choosing the token panicked"))))
         .collect()
+}
+
+/// Runs `work` on every item, on the calling thread and up to `helpers`
+/// threads of its own, all taking the next item from one queue (a slow item
+/// holds up one thread, not a share decided in advance). The calling thread
+/// first runs `first`, then joins in. Returns what `first` returned and each
+/// item's result in the order of `items`: `None` where a panicking helper
+/// left it.
+fn spread<T: Send, R: Send, F>(
+    items: Vec<T>,
+    helpers: usize,
+    work: impl Fn(T) -> R + Sync,
+    first: impl FnOnce() -> F,
+) -> (F, Vec<Option<R>>) {
+    let count = items.len();
+    let queue = Mutex::new(items.into_iter().enumerate());
+    let results: Mutex<Vec<Option<R>>> = Mutex::new((0..count).map(|_| None).collect());
+    let drain = || {
+        loop {
+            let next = queue.lock().unwrap_or_else(PoisonError::into_inner).next();
+            let Some((index, item)) = next else {
+                return;
+            };
+            let result = work(item);
+            results.lock().unwrap_or_else(PoisonError::into_inner)[index] = Some(result);
+        }
+    };
+    let first = thread::scope(|scope| {
+        let handles: Vec<_> = (0..helpers.min(count))
+            .map(|_| scope.spawn(drain))
+            .collect();
+        let first = first();
+        drain();
+        for handle in handles {
+            // A panicking helper's item stays `None`.
+            let _ = handle.join();
+        }
+        first
+    });
+    let results = results.into_inner().unwrap_or_else(PoisonError::into_inner);
+    (first, results)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    use std::thread;
+    use std::time::Duration;
+
+    use super::spread;
+
+    /// Results come back in the items' order whatever thread computed them,
+    /// `first` runs on the calling thread, and helpers do take items.
+    #[test]
+    fn spread_keeps_the_order_and_shares_the_items() {
+        for helpers in [0, 1, 3, 80] {
+            let caller = thread::current().id();
+            let workers = Mutex::new(HashSet::new());
+            let (first, results) = spread(
+                (0..40u64).collect(),
+                helpers,
+                |item| {
+                    thread::sleep(Duration::from_millis(1));
+                    workers.lock().unwrap().insert(thread::current().id());
+                    item * item
+                },
+                || thread::current().id() == caller,
+            );
+            assert!(first, "`first` ran on the calling thread");
+            let expected: Vec<_> = (0..40u64).map(|item| Some(item * item)).collect();
+            assert_eq!(results, expected, "{helpers} helpers");
+            let threads = workers.into_inner().unwrap().len();
+            assert_eq!(
+                threads > 1,
+                helpers > 0,
+                "{threads} threads, {helpers} helpers"
+            );
+        }
+    }
 }

@@ -14,8 +14,9 @@
 //! - **Generation**: the shared decoder (same sampler, same output grammar
 //!   enforced on the logits); stops and finish reasons as the llama.cpp
 //!   backend. Our own transformer (`transformer.rs`) on candle's quantized
-//!   kernels keeps the KV cache between requests and reads only what a new
-//!   prompt does not share with the previous one
+//!   kernels (on the CPU, the crate's own for Q4_1 and Q8_0 weights:
+//!   `quantized_cpu.rs`) keeps the KV cache between requests and reads only
+//!   what a new prompt does not share with the previous one
 //!   ([`Generation::cached_prompt_tokens`](crate::Generation) counts the rest;
 //!   [`CandleConfig::with_prefix_reuse`] turns it off).
 //! - **Context**: the file's trained context (4096 when it names none) caps

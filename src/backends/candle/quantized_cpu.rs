@@ -200,7 +200,7 @@ fn kernel() -> Kernel {
 }
 
 fn half_at(bytes: &[u8], at: usize) -> f32 {
-    f16::from_bits(u16::from_le_bytes([bytes[at], bytes[at + 1]])).to_f32()
+    f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
 }
 
 /// One row's dot product, value by value.
