@@ -12,7 +12,9 @@
 //! Measured, every system reading the same file with the same thread count:
 //! 1. engine: prompt processing (`--prompt-tokens`) and generation
 //!    (`--generated-tokens`) tokens/s of `llama-bench`, of a bare llama-cpp-2
-//!    loop (our engine's ceiling, in a child process), and of both adapters;
+//!    loop (our engine's ceiling, in a child process), and of both adapters,
+//!    and generation after `--depth` tokens (512: a DSPy prompt's length;
+//!    `llama-bench -d`) but for the bare loop;
 //! 2. adapter overhead: one `Predict::forward` against the bare loop over the
 //!    same prompt tokens and reply length;
 //! 3. the DSPy workloads (`workloads.rs`): QA with 4 demos, a new question per
@@ -24,7 +26,8 @@
 //!    for our in-process rows, where the evaluation's time went (forward
 //!    passes: how many, how wide, how long; token choice), from
 //!    `Backend::stats()`;
-//! 4. resident memory after loading and running each backend vs the file size.
+//! 4. resident memory after loading and running each backend vs the file size
+//!    (the target's figure), and again once it has also read `--depth` tokens.
 //!
 //! The peers come from `benches/setup-peers.sh` (under `target/peers`); a
 //! missing one is skipped with the reason. The weights are random, so replies
@@ -49,7 +52,7 @@ use dsrs_local::hardware::HardwareManager;
 use dsrs_local::pool::{ModelPool, ModelSpec};
 use dsrs_local::testing::{TestModelSpec, WeightType, chat_tokenizer};
 use dsrs_local::{
-    Backend, CandleAdapter, CandleConfig, CandleLoadOptions, CandleModel, EngineStats,
+    Backend, CandleAdapter, CandleConfig, CandleLoadOptions, CandleModel, EngineStats, Generation,
     GenerationConfig, GenerationRequest, LlamaCppAdapter, LlamaCppConfig, LlamaCppLoadOptions,
     LlamaCppModel, LocalAdapter, Sampling,
 };
@@ -94,6 +97,9 @@ struct Options {
     runs: usize,
     prompt_tokens: usize,
     generated_tokens: usize,
+    /// Tokens already in the cache for the second generation figure (the
+    /// evaluation's prompts are ~490): attention grows with them.
+    depth: usize,
     eval_examples: usize,
     peers: PathBuf,
 }
@@ -109,6 +115,7 @@ fn options() -> anyhow::Result<Options> {
         runs: 3,
         prompt_tokens: 128,
         generated_tokens: 64,
+        depth: 512,
         eval_examples: 64,
         peers: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/peers"),
     };
@@ -138,6 +145,7 @@ fn options() -> anyhow::Result<Options> {
             "--runs" => options.runs = value()?.parse()?,
             "--prompt-tokens" => options.prompt_tokens = value()?.parse()?,
             "--generated-tokens" => options.generated_tokens = value()?.parse()?,
+            "--depth" => options.depth = value()?.parse()?,
             "--eval-examples" => options.eval_examples = value()?.parse()?,
             "--peers" => options.peers = PathBuf::from(value()?),
             other => anyhow::bail!("unknown argument {other}"),
@@ -173,6 +181,8 @@ struct EngineRow {
     system: String,
     pp_tokens_per_s: f64,
     tg_tokens_per_s: f64,
+    /// Generation after `depth` tokens (not measured for the bare loop).
+    tg_deep_tokens_per_s: Option<f64>,
 }
 
 /// Tokens/s of an adapter's raw generation: a fixed prompt, exactly
@@ -185,25 +195,52 @@ async fn adapter_engine_row<B: Backend>(
     let prompt = fixed_prompt(adapter.backend().as_ref(), options.prompt_tokens)?;
     // Warm-up: first-use costs (context creation) stay out of the figures.
     adapter.generate(raw_request(&prompt, 4)).await?;
-    let mut pp = Vec::new();
-    let mut tg = Vec::new();
-    for run in 0..options.runs {
-        // A different first word each run, so no run reuses another's cache.
-        let generation = adapter
-            .generate(raw_request(
-                &format!("{run} {prompt}"),
-                options.generated_tokens,
-            ))
-            .await?;
-        let evaluated = generation.prompt_tokens - generation.cached_prompt_tokens;
-        pp.push(evaluated as f64 / generation.timings.prefill.as_secs_f64());
-        tg.push(generation.completion_tokens as f64 / generation.timings.decode.as_secs_f64());
-    }
+    let generations = raw_runs(adapter, &prompt, options).await?;
+    let pp = generations
+        .iter()
+        .map(|g| {
+            (g.prompt_tokens - g.cached_prompt_tokens) as f64 / g.timings.prefill.as_secs_f64()
+        })
+        .collect();
     Ok(EngineRow {
         system: system.to_string(),
         pp_tokens_per_s: median(pp),
-        tg_tokens_per_s: median(tg),
+        tg_tokens_per_s: median(generation_rates(&generations)),
+        tg_deep_tokens_per_s: None,
     })
+}
+
+/// Generation tokens/s of an adapter after `depth` prompt tokens (run after
+/// the memory figure of [`adapter_engine_row`]'s, which the targets use).
+async fn deep_generation<B: Backend>(
+    adapter: &LocalAdapter<B>,
+    options: &Options,
+) -> anyhow::Result<f64> {
+    let prompt = fixed_prompt(adapter.backend().as_ref(), options.depth)?;
+    let generations = raw_runs(adapter, &prompt, options).await?;
+    Ok(median(generation_rates(&generations)))
+}
+
+/// `--runs` generations of `--generated-tokens` after `prompt`, each with a
+/// different first word, so no run reuses another's cache.
+async fn raw_runs<B: Backend>(
+    adapter: &LocalAdapter<B>,
+    prompt: &str,
+    options: &Options,
+) -> anyhow::Result<Vec<Generation>> {
+    let mut generations = Vec::new();
+    for run in 0..options.runs {
+        let request = raw_request(&format!("{run} {prompt}"), options.generated_tokens);
+        generations.push(adapter.generate(request).await?);
+    }
+    Ok(generations)
+}
+
+fn generation_rates(generations: &[Generation]) -> Vec<f64> {
+    generations
+        .iter()
+        .map(|g| g.completion_tokens as f64 / g.timings.decode.as_secs_f64())
+        .collect()
 }
 
 fn raw_request(prompt: &str, max_tokens: usize) -> GenerationRequest {
@@ -247,6 +284,7 @@ fn bare_engine_row(
         system: "bare llama-cpp-2 loop".into(),
         pp_tokens_per_s: median(pp),
         tg_tokens_per_s: median(tg),
+        tg_deep_tokens_per_s: None,
     })
 }
 
@@ -393,6 +431,16 @@ fn memory_row(name: &str, before: Option<(u64, u64)>, file_bytes: u64) -> Value 
     }
 }
 
+/// The same backend's memory once it has also read `depth` tokens (the
+/// compute buffers a longer prompt touches), for the table; the targets keep
+/// the figure of [`memory_row`].
+fn add_memory_after_depth(row: &mut Value, before: Option<(u64, u64)>, file_bytes: u64) {
+    if let (Some((rss_before, _)), Some((rss, _))) = (before, memory::resident()) {
+        let added = rss.saturating_sub(rss_before);
+        row["ratio_to_file_after_depth"] = json!(added as f64 / file_bytes as f64);
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -454,8 +502,11 @@ async fn main() -> anyhow::Result<()> {
         Arc::clone(&llama_model),
         LlamaCppConfig::default().with_generation(config.clone()),
     );
-    let mut engine = vec![adapter_engine_row("LlamaCppAdapter", &llama, &options).await?];
+    let mut llama_row = adapter_engine_row("LlamaCppAdapter", &llama, &options).await?;
     let mut memory_rows = vec![memory_row("llama.cpp", before, file_bytes)];
+    llama_row.tg_deep_tokens_per_s = Some(deep_generation(&llama, &options).await?);
+    add_memory_after_depth(&mut memory_rows[0], before, file_bytes);
+    let mut engine = vec![llama_row];
     engine.push(bare_engine_row(
         &llama_model,
         llama.backend().as_ref(),
@@ -475,7 +526,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(plan) = cpu_only_plan {
         println!("skipping candle: not on a GPU in this build\n{plan}");
     } else {
-        let before = memory::resident();
+        let before = memory::settled();
         let candle_model: Arc<CandleModel> = if options.gpu {
             pool.load(ModelSpec::gguf(&path))?
         } else {
@@ -486,8 +537,12 @@ async fn main() -> anyhow::Result<()> {
             Arc::clone(&candle_model),
             CandleConfig::default().with_generation(config),
         );
-        engine.push(adapter_engine_row("CandleAdapter", &candle, &options).await?);
-        memory_rows.push(memory_row("candle", before, file_bytes));
+        let mut candle_row = adapter_engine_row("CandleAdapter", &candle, &options).await?;
+        let mut memory = memory_row("candle", before, file_bytes);
+        candle_row.tg_deep_tokens_per_s = Some(deep_generation(&candle, &options).await?);
+        add_memory_after_depth(&mut memory, before, file_bytes);
+        engine.push(candle_row);
+        memory_rows.push(memory);
     }
 
     println!("measuring llama-bench…");
@@ -497,6 +552,7 @@ async fn main() -> anyhow::Result<()> {
             &path,
             options.prompt_tokens,
             options.generated_tokens,
+            options.depth,
             options.runs,
             options.gpu,
         ) {
@@ -505,6 +561,7 @@ async fn main() -> anyhow::Result<()> {
                     system: format!("llama-bench (build {})", figures.build_number),
                     pp_tokens_per_s: figures.pp_tokens_per_s,
                     tg_tokens_per_s: figures.tg_tokens_per_s,
+                    tg_deep_tokens_per_s: figures.tg_deep_tokens_per_s,
                 });
                 Some(figures)
             }
@@ -556,6 +613,7 @@ async fn main() -> anyhow::Result<()> {
         "runs": options.runs,
         "prompt_tokens": options.prompt_tokens,
         "generated_tokens": options.generated_tokens,
+        "depth": options.depth,
         "reply_tokens": REPLY_TOKENS,
         "sequences": options.sequences,
         "clients": options.clients,
@@ -602,12 +660,15 @@ fn print_tables(
     memory_rows: &[Value],
 ) {
     println!(
-        "\n| engine | pp{} t/s | tg{} t/s |\n|---|---|---|",
-        options.prompt_tokens, options.generated_tokens
+        "\n| engine | pp{} t/s | tg{} t/s | tg{} @ d{} t/s |\n|---|---|---|---|",
+        options.prompt_tokens, options.generated_tokens, options.generated_tokens, options.depth
     );
     for row in engine {
+        let deep = row
+            .tg_deep_tokens_per_s
+            .map_or("–".to_string(), |rate| format!("{rate:.1}"));
         println!(
-            "| {} | {:.1} | {:.1} |",
+            "| {} | {:.1} | {:.1} | {deep} |",
             row.system, row.pp_tokens_per_s, row.tg_tokens_per_s
         );
     }
@@ -650,13 +711,19 @@ fn print_tables(
             );
         }
     }
-    println!("\n| backend | RSS added (MB) | / file size |\n|---|---|---|");
+    println!(
+        "\n| backend | RSS added (MB) | / file size | / file size after d{} |\n|---|---|---|---|",
+        options.depth
+    );
     for row in memory_rows {
         println!(
-            "| {} | {:.0} | {:.2} |",
+            "| {} | {:.0} | {:.2} | {:.2} |",
             row["backend"].as_str().unwrap_or("?"),
             row["rss_added_mb"].as_f64().unwrap_or(f64::NAN),
             row["ratio_to_file"].as_f64().unwrap_or(f64::NAN),
+            row["ratio_to_file_after_depth"]
+                .as_f64()
+                .unwrap_or(f64::NAN),
         );
     }
 }
@@ -704,6 +771,14 @@ fn targets(
             goal,
             ratio >= vs_llama_bench,
         );
+        if let (Some(ours), Some(peer)) = (ours.tg_deep_tokens_per_s, peer.tg_deep_tokens_per_s) {
+            push(
+                format!("generation vs llama-bench after {} tokens", options.depth),
+                ours / peer,
+                "report",
+                true,
+            );
+        }
     }
     if let (Some(ours), Some(candle)) = (engine_row("LlamaCppAdapter"), engine_row("CandleAdapter"))
     {
@@ -715,6 +790,18 @@ fn targets(
             goal,
             ratio >= candle_goal,
         );
+        if let (Some(candle), Some(ours)) = (candle.tg_deep_tokens_per_s, ours.tg_deep_tokens_per_s)
+        {
+            push(
+                format!(
+                    "candle generation vs llama.cpp after {} tokens",
+                    options.depth
+                ),
+                candle / ours,
+                "report",
+                true,
+            );
+        }
     }
     if let (Some(batched), Some(single)) = (ours_best, ours_one) {
         let ratio = batched / single.examples_per_s;

@@ -52,6 +52,9 @@ impl Peers {
 pub struct LlamaBench {
     pub pp_tokens_per_s: f64,
     pub tg_tokens_per_s: f64,
+    /// Generation after `depth` tokens in the cache (`None` where
+    /// llama-bench printed no such entry).
+    pub tg_deep_tokens_per_s: Option<f64>,
     pub build_commit: String,
     pub build_number: i64,
 }
@@ -61,6 +64,7 @@ pub fn llama_bench(
     model: &Path,
     prompt_tokens: usize,
     generated_tokens: usize,
+    depth: usize,
     runs: usize,
     gpu: bool,
 ) -> anyhow::Result<LlamaBench> {
@@ -70,6 +74,7 @@ pub fn llama_bench(
         .args(["-ngl", if gpu { "999" } else { "0" }])
         .args(["-p", &prompt_tokens.to_string()])
         .args(["-n", &generated_tokens.to_string()])
+        .args(["-d", &format!("0,{depth}")])
         .args(["-t", &threads().to_string()])
         .args(["-r", &runs.to_string()])
         .args(["-o", "json"])
@@ -82,17 +87,22 @@ pub fn llama_bench(
         output.status
     );
     let entries: Vec<Value> = serde_json::from_slice(&output.stdout)?;
-    let rate = |prompt: bool| {
+    // One entry per test and depth.
+    let rate = |prompt: bool, depth: usize| {
         entries
             .iter()
-            .find(|entry| (entry["n_prompt"].as_u64().unwrap_or(0) > 0) == prompt)
+            .find(|entry| {
+                (entry["n_prompt"].as_u64().unwrap_or(0) > 0) == prompt
+                    && entry["n_depth"].as_u64().unwrap_or(0) == depth as u64
+            })
             .and_then(|entry| entry["avg_ts"].as_f64())
             .context("llama-bench printed no such test")
     };
     let first = entries.first().context("llama-bench printed nothing")?;
     Ok(LlamaBench {
-        pp_tokens_per_s: rate(true)?,
-        tg_tokens_per_s: rate(false)?,
+        pp_tokens_per_s: rate(true, 0)?,
+        tg_tokens_per_s: rate(false, 0)?,
+        tg_deep_tokens_per_s: rate(false, depth).ok(),
         build_commit: first["build_commit"].as_str().unwrap_or("?").to_string(),
         build_number: first["build_number"].as_i64().unwrap_or(-1),
     })

@@ -10,6 +10,7 @@ use candle_transformers::quantized_nn::RmsNorm;
 
 use super::attention_cpu;
 use super::family::{Activation, Architecture, Family, RopeSetting};
+use super::kv_cache::LayerCache;
 use super::weight::Weight;
 
 /// Rotary position embedding for one base, computed for the positions of each call.
@@ -120,9 +121,6 @@ pub(super) struct Step {
     pub(super) global_mask: Option<Tensor>,
     pub(super) local_mask: Option<Tensor>,
 }
-
-/// Keys and values of one layer, `(1, kv_heads, positions, head_dim)` each.
-pub(super) type LayerCache = Option<(Tensor, Tensor)>;
 
 #[derive(Debug, Clone)]
 struct Attention {
@@ -364,14 +362,7 @@ impl Attention {
         let query = rope.apply(&query, tables)?;
         let key = rope.apply(&key, tables)?;
 
-        let (key, value) = match cache.take() {
-            Some((cached_key, cached_value)) => (
-                Tensor::cat(&[&cached_key, &key], 2)?,
-                Tensor::cat(&[&cached_value, &value], 2)?,
-            ),
-            None => (key, value),
-        };
-        *cache = Some((key.clone(), value.clone()));
+        let (key, value) = cache.append(&key, &value)?;
 
         // Grouped-query attention without copying the keys and values per
         // query head: the queries of the heads that share a key/value head

@@ -14,7 +14,7 @@
 //! - **Generation**: the shared decoder (same sampler, same output grammar
 //!   enforced on the logits); stops and finish reasons as the llama.cpp
 //!   backend. Our own transformer (`transformer.rs`) on candle's quantized
-//!   kernels (on the CPU, the crate's own for Q4_1 and Q8_0 weights:
+//!   kernels (on the CPU, the crate's own for Q4_1, Q5_0, Q5_1 and Q8_0 weights:
 //!   `quantized_cpu.rs`) keeps the KV cache between requests and reads only
 //!   what a new prompt does not share with the previous one
 //!   ([`Generation::cached_prompt_tokens`](crate::Generation) counts the rest;
@@ -33,8 +33,10 @@
 //!   one batch.
 
 mod attention_cpu;
+mod cpu_threads;
 mod engine;
 mod family;
+mod kv_cache;
 mod layers;
 mod model;
 mod quantized_cpu;

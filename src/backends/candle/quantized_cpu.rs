@@ -1,39 +1,53 @@
-//! Products with Q4_1 and Q8_0 weights on the CPU, where candle 0.11's are
-//! slow: it has no SIMD code for Q4_1 (its `vec_dot` is the generic one),
-//! and for Q8_0 one dot product per row, or, on AVX-512 VNNI CPUs for
-//! shapes in 16 rows × 256 columns, a repacked copy of the weights that it
-//! keeps beside the file's (+110 MB on the bench model). These kernels are
-//! ggml's AVX2 block arithmetic (`ggml_vec_dot_q4_1_q8_1`,
-//! `ggml_vec_dot_q8_0_q8_0`) one row at a time on candle's CPU thread pool,
-//! with a scalar path for CPUs without AVX2, reading the weights in place.
-//! Measured on a 2-core EPYC (best of five, one input row): candle took
-//! 1.8–2.5× their time (Q8_0 896×896: 36 vs 20 µs; the bench model's
-//! 151936×896 output layer: 6.2 vs 3.4 ms; Q4_1 1536×576: 64 vs 26 µs);
-//! against its repacked path, the bench model generated 6 % faster and read
-//! a 373-token prompt 7 % slower (its tiles compute several rows per
+//! Products with Q4_1, Q5_0, Q5_1 and Q8_0 weights on the CPU, where candle
+//! 0.11's are slow: it has no SIMD code for Q4_1, Q5_0 and Q5_1 (their
+//! `vec_dot` is the generic one; Q5_0 is what llama.cpp's Q4_K_M files hold
+//! where rows are not a multiple of 256, as in Gemma 3 270M), and for Q8_0
+//! one dot product per row, or, on AVX-512 VNNI CPUs for shapes in 16 rows
+//! × 256 columns, a repacked copy of the weights that it keeps beside the
+//! file's (+110 MB on the bench model). These kernels are ggml's AVX2 block
+//! arithmetic (`ggml_vec_dot_q4_1_q8_1`, `_q5_0_q8_0`, `_q5_1_q8_1`,
+//! `_q8_0_q8_0`) one row at a time on candle's CPU thread pool, with a
+//! scalar path for CPUs without AVX2, reading the weights in place.
+//! Measured on a 2-core EPYC (best of five/seven, one input row): candle
+//! took 1.8–2.5× their time on Q8_0 (896×896: 36 vs 20 µs; the bench
+//! model's 151936×896 output layer: 6.2 vs 3.4 ms), 2.5× on Q4_1 (1536×576:
+//! 64 vs 26 µs) and 9× on Q5_0 (4864×896: 1469 vs 155 µs); against its
+//! repacked Q8_0 path, the bench model generated 6 % faster and read a
+//! 373-token prompt 7 % slower (its tiles compute several rows per
 //! instruction; generation reads each weight once per token, from memory).
-//! One row at a time reads the weights as one stream: four rows per pass
-//! over the activations was faster on a matrix in cache but 2.5× slower on
-//! one read from memory, as a model's are each token.
+//! Q4_0 stays candle's: its repacked path was faster here (4864×896: 102
+//! vs 141 µs). One row at a time reads the weights as one stream: four rows
+//! per pass over the activations was faster on a matrix in cache but 2.5×
+//! slower on one read from memory, as a model's are each token.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use half::f16;
 
+use super::cpu_threads::fill_in_parallel;
+
 /// Values per block, weights and activations alike.
 const BLOCK: usize = 32;
-/// Rows per work item of the thread pool.
-const ROWS_PER_ITEM: usize = 16;
+/// Rows computed for every input row before the next rows (a pass over
+/// several input rows, as a prompt's, reads them from cache).
+const ROWS_PER_GROUP: usize = 16;
 
-/// How the weights' blocks are laid out, as the file stores them.
+/// How the weights' blocks are laid out, as the file stores them: a scale
+/// (f16), for the formats with a minimum that minimum (f16), for the 5-bit
+/// ones the 32 fifth bits (value `i`'s in bit `i`), then the values: 16
+/// bytes of nibbles (value `j` in the low nibble of byte `j`, value
+/// `j + 16` in its high one) or 32 signed bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Format {
-    /// Scale and minimum (f16 each), then 16 bytes of nibbles: value `j`
-    /// in the low nibble of byte `j`, value `j + 16` in its high one.
+    /// `nibble · scale + minimum`.
     Q4_1,
-    /// Scale (f16), then 32 signed bytes.
+    /// `(nibble + 16 · bit − 16) · scale`.
+    Q5_0,
+    /// `(nibble + 16 · bit) · scale + minimum`.
+    Q5_1,
+    /// `byte · scale`.
     Q8_0,
 }
 
@@ -41,7 +55,32 @@ impl Format {
     fn block_bytes(self) -> usize {
         match self {
             Format::Q4_1 => 20,
+            Format::Q5_0 => 22,
+            Format::Q5_1 => 24,
             Format::Q8_0 => 34,
+        }
+    }
+
+    /// Where the minimum is, for the formats that have one.
+    fn minimum_at(self) -> Option<usize> {
+        matches!(self, Format::Q4_1 | Format::Q5_1).then_some(2)
+    }
+
+    /// Where the fifth bits are, for the 5-bit formats.
+    fn high_bits_at(self) -> Option<usize> {
+        match self {
+            Format::Q5_0 => Some(2),
+            Format::Q5_1 => Some(4),
+            _ => None,
+        }
+    }
+
+    /// What is subtracted from each stored value (Q5_0 centers its values;
+    /// the formats with a minimum do not).
+    fn offset(self) -> i32 {
+        match self {
+            Format::Q5_0 => 16,
+            _ => 0,
         }
     }
 }
@@ -84,6 +123,8 @@ impl CpuMatrix {
         }
         let format = match tensor.dtype() {
             GgmlDType::Q4_1 => Format::Q4_1,
+            GgmlDType::Q5_0 => Format::Q5_0,
+            GgmlDType::Q5_1 => Format::Q5_1,
             GgmlDType::Q8_0 => Format::Q8_0,
             _ => return Ok(None),
         };
@@ -126,29 +167,18 @@ impl CpuMatrix {
         let row = |index: usize| &blocks[index * row_bytes..(index + 1) * row_bytes];
         let kernel = kernel();
         let mut output = vec![0f32; count * self.rows];
-        let shared = Mutex::new(&mut output);
-        // A work item is a group of rows, computed for every input row while
-        // the group is in cache; a thread takes a range of groups at a time
-        // and writes its columns of the output at once.
-        let items = self.rows.div_ceil(ROWS_PER_ITEM);
-        candle_core::utils::barrier_pool().execute_chunked(items, |range| {
-            let first = range.start * ROWS_PER_ITEM;
-            let end = (range.end * ROWS_PER_ITEM).min(self.rows);
-            let width = end - first;
-            let mut results = vec![0f32; count * width];
-            for group in (first..end).step_by(ROWS_PER_ITEM) {
-                let group_end = (group + ROWS_PER_ITEM).min(end);
+        // A thread takes a range of rows and computes it a group at a time,
+        // each group for every input row while the group is in cache.
+        fill_in_parallel(&mut output, self.rows, 1, |range, results| {
+            let (first, width) = (range.start, range.len());
+            for group in range.clone().step_by(ROWS_PER_GROUP) {
+                let group_end = (group + ROWS_PER_GROUP).min(range.end);
                 for (input, activations) in activations.iter().enumerate() {
                     for index in group..group_end {
                         results[input * width + index - first] =
                             kernel(self.format, row(index), activations);
                     }
                 }
-            }
-            let mut output = shared.lock().unwrap_or_else(|e| e.into_inner());
-            for (input, results) in results.chunks_exact(width).enumerate() {
-                let at = input * self.rows;
-                output[at + first..at + end].copy_from_slice(results);
             }
         });
         if let Some(last) = dims.last_mut() {
@@ -208,25 +238,41 @@ fn dot_scalar(format: Format, weights: &[u8], activations: &[ActivationBlock]) -
     weights
         .chunks_exact(format.block_bytes())
         .zip(activations)
-        .map(|(block, y)| match format {
-            Format::Q4_1 => {
-                let mut sum = 0i32;
-                for (j, &byte) in block[4..].iter().enumerate() {
-                    sum += i32::from(byte & 0x0F) * i32::from(y.values[j]);
-                    sum += i32::from(byte >> 4) * i32::from(y.values[j + BLOCK / 2]);
-                }
-                sum as f32 * half_at(block, 0) * y.scale + half_at(block, 2) * y.scaled_sum
-            }
-            Format::Q8_0 => {
-                let sum: i32 = block[2..]
-                    .iter()
-                    .zip(y.values)
-                    .map(|(&w, v)| i32::from(w as i8) * i32::from(v))
-                    .sum();
-                sum as f32 * half_at(block, 0) * y.scale
-            }
+        .map(|(block, y)| {
+            let sum: i32 = stored_values(format, block)
+                .iter()
+                .zip(y.values)
+                .map(|(&w, v)| (w - format.offset()) * i32::from(v))
+                .sum();
+            let minimum = format
+                .minimum_at()
+                .map_or(0.0, |at| half_at(block, at) * y.scaled_sum);
+            sum as f32 * half_at(block, 0) * y.scale + minimum
         })
         .sum()
+}
+
+/// A block's 32 values as stored, before the offset, scale and minimum.
+fn stored_values(format: Format, block: &[u8]) -> [i32; BLOCK] {
+    let mut values = [0i32; BLOCK];
+    if format == Format::Q8_0 {
+        for (value, &byte) in values.iter_mut().zip(&block[2..]) {
+            *value = i32::from(byte as i8);
+        }
+        return values;
+    }
+    let nibbles = &block[format.block_bytes() - BLOCK / 2..];
+    for (j, &byte) in nibbles.iter().enumerate() {
+        values[j] = i32::from(byte & 0x0F);
+        values[j + BLOCK / 2] = i32::from(byte >> 4);
+    }
+    if let Some(at) = format.high_bits_at() {
+        let bits = u32::from_le_bytes([block[at], block[at + 1], block[at + 2], block[at + 3]]);
+        for (i, value) in values.iter_mut().enumerate() {
+            *value |= (((bits >> i) & 1) as i32) << 4;
+        }
+    }
+    values
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -236,52 +282,102 @@ mod avx2 {
     use super::{ActivationBlock, Format};
 
     /// One row's dot product: per block, the row's 32 values times the
-    /// block's 32 activations in one `maddubs` (unsigned × signed: Q4_1's
-    /// nibbles as they are, Q8_0's bytes made absolute with their signs
-    /// moved onto the activations, as ggml does), summed to eight i32 lanes
-    /// and accumulated in f32 with the two scales; Q4_1's minimum term
+    /// block's 32 activations in one `maddubs` (unsigned × signed: values
+    /// with a minimum as they are, the signed ones made absolute with their
+    /// signs moved onto the activations, as ggml does), summed to eight i32
+    /// lanes and accumulated in f32 with the two scales; the minimum's term
     /// apart.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) fn dot(format: Format, row: &[u8], activations: &[ActivationBlock]) -> f32 {
         match format {
-            Format::Q4_1 => dot_q4_1(row, activations),
+            Format::Q4_1 => dot_nibbles::<false, true>(format, row, activations),
+            Format::Q5_0 => dot_nibbles::<true, false>(format, row, activations),
+            Format::Q5_1 => dot_nibbles::<true, true>(format, row, activations),
             Format::Q8_0 => dot_q8_0(row, activations),
         }
     }
 
+    /// Q4_1, Q5_0 and Q5_1 (`ggml_vec_dot_q4_1_q8_1`, `_q5_0_q8_0`,
+    /// `_q5_1_q8_1`).
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn dot_q4_1(row: &[u8], activations: &[ActivationBlock]) -> f32 {
+    fn dot_nibbles<const FIFTH_BIT: bool, const MINIMUM: bool>(
+        format: Format,
+        row: &[u8],
+        activations: &[ActivationBlock],
+    ) -> f32 {
+        let block_bytes = format.block_bytes();
+        let nibbles_at = block_bytes - 16;
+        let high_bits_at = format.high_bits_at().unwrap_or(0);
         let low_nibbles = _mm256_set1_epi8(0x0F);
         let ones = _mm256_set1_epi16(1);
         let mut accumulator = _mm256_setzero_ps();
         let mut minimums = _mm_setzero_ps();
-        for (block, y) in row.chunks_exact(20).zip(activations) {
-            // SAFETY: the loads read bytes 0..4 and 4..20 of the 20-byte
-            // block and the 32 bytes of `y.values`.
-            let (scales, packed, values) = unsafe {
+        for (block, y) in row.chunks_exact(block_bytes).zip(activations) {
+            // SAFETY: every block is at least 20 bytes; the loads read bytes
+            // 0..4 (the scale, and the minimum where there is one),
+            // `high_bits_at..+4` (a 5-bit format's bits, before the
+            // nibbles), the last 16 and the 32 bytes of `y.values`.
+            let (scales, packed, values, bits) = unsafe {
+                let at = block.as_ptr();
                 (
-                    _mm_cvtph_ps(_mm_cvtsi32_si128(
-                        block.as_ptr().cast::<i32>().read_unaligned(),
-                    )),
-                    _mm_loadu_si128(block.as_ptr().add(4).cast()),
+                    _mm_cvtph_ps(_mm_cvtsi32_si128(at.cast::<i32>().read_unaligned())),
+                    _mm_loadu_si128(at.add(nibbles_at).cast()),
                     _mm256_loadu_si256(y.values.as_ptr().cast()),
+                    at.add(high_bits_at).cast::<i32>().read_unaligned(),
                 )
             };
             // Values 0..16 from the low nibbles, 16..32 from the high ones.
-            let weights = _mm256_and_si256(
+            let mut weights = _mm256_and_si256(
                 _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed),
                 low_nibbles,
             );
-            let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(
-                _mm256_maddubs_epi16(weights, values),
-                ones,
-            ));
-            // Lanes 0 and 1 of `scales`: the block's scale and minimum.
+            if FIFTH_BIT {
+                let set = bytes_from_bits(bits);
+                weights = if MINIMUM {
+                    _mm256_or_si256(weights, _mm256_and_si256(set, _mm256_set1_epi8(0x10)))
+                } else {
+                    // `nibble − 16` where the bit is clear, as a signed byte.
+                    _mm256_or_si256(
+                        weights,
+                        _mm256_andnot_si256(set, _mm256_set1_epi8(0xF0_u8 as i8)),
+                    )
+                };
+            }
+            let pairs = if MINIMUM {
+                _mm256_maddubs_epi16(weights, values)
+            } else {
+                _mm256_maddubs_epi16(
+                    _mm256_sign_epi8(weights, weights),
+                    _mm256_sign_epi8(values, weights),
+                )
+            };
+            let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
+            // Lane 0 of `scales` is the block's scale, lane 1 its minimum
+            // (Q5_0's fifth bits there are not used).
             let factors = _mm_mul_ps(scales, _mm_setr_ps(y.scale, y.scaled_sum, 0.0, 0.0));
             accumulator = _mm256_fmadd_ps(_mm256_broadcastss_ps(factors), sums, accumulator);
-            minimums = _mm_add_ps(minimums, factors);
+            if MINIMUM {
+                minimums = _mm_add_ps(minimums, factors);
+            }
         }
         horizontal_sum(accumulator) + _mm_cvtss_f32(_mm_movehdup_ps(minimums))
+    }
+
+    /// Byte `i` all ones where bit `i` of `bits` is set (ggml's
+    /// `bytes_from_bits_32`).
+    #[target_feature(enable = "avx2")]
+    fn bytes_from_bits(bits: i32) -> __m256i {
+        let spread = _mm256_shuffle_epi8(
+            _mm256_set1_epi32(bits),
+            _mm256_set_epi64x(
+                0x0303_0303_0303_0303,
+                0x0202_0202_0202_0202,
+                0x0101_0101_0101_0101,
+                0,
+            ),
+        );
+        let others = _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe);
+        _mm256_cmpeq_epi8(_mm256_or_si256(spread, others), _mm256_set1_epi64x(-1))
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -338,7 +434,12 @@ mod tests {
         let weights = Tensor::randn(0f32, 1.0, (rows, columns), &device).unwrap();
         // A wrong block layout is off by about a dot product's size (√128).
         let tolerance = 0.02 * (columns as f32).sqrt();
-        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
+        for dtype in [
+            GgmlDType::Q4_1,
+            GgmlDType::Q5_0,
+            GgmlDType::Q5_1,
+            GgmlDType::Q8_0,
+        ] {
             let quantized = Arc::new(QTensor::quantize(&weights, dtype).unwrap());
             let ours = CpuMatrix::from_qtensor(&quantized).unwrap().unwrap();
             let theirs = QMatMul::from_arc(Arc::clone(&quantized)).unwrap();
@@ -353,7 +454,9 @@ mod tests {
                     assert!((a - b).abs() <= tolerance, "{dtype:?}: {a} vs {b}");
                 }
             }
-            let activations = quantize_row(&vec![0.5; columns]);
+            // Varied activations: equal ones would hide values out of order.
+            let x = Tensor::randn(0f32, 1.0, columns, &device).unwrap();
+            let activations = quantize_row(&x.to_vec1::<f32>().unwrap());
             let blocks = quantized.data().unwrap();
             let row_bytes = columns / BLOCK * ours.format.block_bytes();
             for row in blocks.chunks_exact(row_bytes) {
@@ -392,6 +495,8 @@ mod tests {
         let q4k = Tensor::randn(0f32, 1.0, (4, 256), &device).unwrap();
         let q4k = Arc::new(QTensor::quantize(&q4k, GgmlDType::Q4K).unwrap());
         assert!(CpuMatrix::from_qtensor(&q4k).unwrap().is_none());
+        let q4_0 = Arc::new(QTensor::quantize(&weights, GgmlDType::Q4_0).unwrap());
+        assert!(CpuMatrix::from_qtensor(&q4_0).unwrap().is_none());
         let f32_weights = Arc::new(QTensor::quantize(&weights, GgmlDType::F32).unwrap());
         assert!(CpuMatrix::from_qtensor(&f32_weights).unwrap().is_none());
     }

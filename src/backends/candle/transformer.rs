@@ -20,7 +20,8 @@ use candle_core::{DType, Device, IndexOp, Module, Tensor};
 use candle_transformers::quantized_nn::RmsNorm;
 
 use super::family::{Architecture, Family};
-use super::layers::{Layer, LayerCache, Rope, Step, TensorSource, attention_mask, soft_cap};
+use super::kv_cache::LayerCache;
+use super::layers::{Layer, Rope, Step, TensorSource, attention_mask, soft_cap};
 use super::weight::Weight;
 use crate::gguf::GgufHeader;
 
@@ -93,7 +94,7 @@ impl Transformer {
             output,
             global_rope: Rope::new(arch.rope, arch.head_dim, factors.as_deref(), neox),
             local_rope: Rope::new(arch.local_rope, arch.head_dim, factors.as_deref(), neox),
-            cache: vec![None; arch.layers],
+            cache: (0..arch.layers).map(|_| LayerCache::default()).collect(),
             layers,
             arch,
             device: device.clone(),
@@ -128,20 +129,7 @@ impl Transformer {
         }
         self.cached_tokens.truncate(positions);
         for layer in &mut self.cache {
-            *layer = match layer.take() {
-                Some((k, v)) if positions > 0 => {
-                    match (k.narrow(2, 0, positions), v.narrow(2, 0, positions)) {
-                        (Ok(k), Ok(v)) => Some((k, v)),
-                        _ => None,
-                    }
-                }
-                _ => None,
-            };
-        }
-        if positions > 0 && self.cache.iter().any(Option::is_none) {
-            // A cut that failed leaves nothing usable: start over.
-            self.cached_tokens.clear();
-            self.cache.iter_mut().for_each(|layer| *layer = None);
+            layer.truncate(positions);
         }
     }
 
@@ -176,7 +164,7 @@ impl Transformer {
             }
             Err(e) => {
                 self.cached_tokens.clear();
-                self.cache.iter_mut().for_each(|layer| *layer = None);
+                self.cache.iter_mut().for_each(|layer| layer.truncate(0));
                 Err(e)
             }
         }
