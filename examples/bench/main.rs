@@ -526,7 +526,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(plan) = cpu_only_plan {
         println!("skipping candle: not on a GPU in this build\n{plan}");
     } else {
-        let before = memory::settled();
+        let before = memory::resident();
         let candle_model: Arc<CandleModel> = if options.gpu {
             pool.load(ModelSpec::gguf(&path))?
         } else {

@@ -248,3 +248,25 @@ async fn a_one_token_batch_with_several_sequences_answers() {
         assert!(generation.unwrap().completion_tokens > 0);
     }
 }
+
+/// Dropping an adapter frees its context before the drop returns (its
+/// worker, which holds the model, has ended), so the next load or memory
+/// plan sees the memory; the worker used to free it up to a second later.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dropped_adapter_has_freed_its_context() {
+    let model =
+        Arc::new(LlamaCppModel::load(&TINY_CHAT_MODEL.1, LlamaCppLoadOptions::default()).unwrap());
+    for _ in 0..20 {
+        let adapter = LlamaCppAdapter::from_loaded_model(
+            Arc::clone(&model),
+            LlamaCppConfig::default().with_context_length(512),
+        );
+        let generation = adapter
+            .generate(GenerationRequest::new("Once upon a time", 4))
+            .await
+            .unwrap();
+        assert!(generation.completion_tokens > 0);
+        drop(adapter);
+        assert_eq!(Arc::strong_count(&model), 1, "the worker still runs");
+    }
+}

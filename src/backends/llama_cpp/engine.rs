@@ -7,7 +7,7 @@
 
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::thread;
+use std::thread::{self, JoinHandle};
 
 use super::batching::{ContextSettings, Job, worker};
 use super::model::{BACKEND, LlamaCppModel};
@@ -65,10 +65,16 @@ impl EngineConfig<LlamaCppSettings> {
 pub struct LlamaCppBackend {
     model: Arc<LlamaCppModel>,
     settings: ContextSettings,
-    /// The worker's queue, started on the first request.
-    jobs: OnceLock<Result<Mutex<Sender<Job>>>>,
+    /// The worker, started on the first request.
+    worker: OnceLock<Result<Worker>>,
     /// What the worker reports.
     counters: Arc<EngineCounters>,
+}
+
+/// The worker thread and its queue.
+struct Worker {
+    jobs: Mutex<Sender<Job>>,
+    thread: JoinHandle<()>,
 }
 
 impl std::fmt::Debug for LlamaCppBackend {
@@ -109,7 +115,7 @@ impl LlamaCppBackend {
         LlamaCppBackend {
             model,
             settings,
-            jobs: OnceLock::new(),
+            worker: OnceLock::new(),
             counters: Arc::default(),
         }
     }
@@ -120,7 +126,7 @@ impl LlamaCppBackend {
     }
 
     fn queue(&self) -> Result<&Mutex<Sender<Job>>> {
-        self.jobs
+        self.worker
             .get_or_init(|| {
                 let (sender, receiver) = mpsc::channel::<Job>();
                 let model = Arc::clone(&self.model);
@@ -129,11 +135,31 @@ impl LlamaCppBackend {
                 thread::Builder::new()
                     .name("dsrs-llama-cpp".into())
                     .spawn(move || worker(&model, settings, receiver, counters))
-                    .map(|_| Mutex::new(sender))
+                    .map(|thread| Worker {
+                        jobs: Mutex::new(sender),
+                        thread,
+                    })
                     .map_err(|e| Error::inference(BACKEND, "starting the worker thread failed", e))
             })
             .as_ref()
+            .map(|worker| &worker.jobs)
             .map_err(Clone::clone)
+    }
+}
+
+impl Drop for LlamaCppBackend {
+    /// Closes the queue and waits for the worker to free its context, so the
+    /// memory (RAM or VRAM) is back when the drop returns, for the next load
+    /// or plan: the worker freed it up to a second later before (~85 MB on
+    /// the bench model after a 512-token prompt). No request is in flight:
+    /// each holds the backend. The dropping thread waits for that free
+    /// (milliseconds), as dropping a model waits for its weights' free.
+    fn drop(&mut self) {
+        if let Some(Ok(worker)) = self.worker.take() {
+            drop(worker.jobs);
+            // A worker that panicked has nothing left to free.
+            let _ = worker.thread.join();
+        }
     }
 }
 
