@@ -49,5 +49,13 @@ tar cJf "$GPU/llama.cpp-peer.tar.xz" -C "$PEER" "${SKIP[@]}" \
     --exclude=llama.cpp/docs --exclude=llama.cpp/models --exclude=llama.cpp/media \
     --exclude=llama.cpp/tools/ui --exclude=llama.cpp/tests --exclude=llama.cpp/benches \
     --transform 's,^llama.cpp,peer/llama.cpp,' llama.cpp
-[ "$ONLY" = bench ] || cp -r "${DSRS_SHARED_MODELS:-../shared/models}" "$GPU/shared-models"
+if [ "$ONLY" = bench ]; then
+    # The bench's models take deepseek-coder's vocabulary, as on the CPU (without
+    # it they get the byte-level one, whose DSPy replies overrun the bench's budget).
+    mkdir -p "$GPU/shared-models/vocab"
+    cp "${DSRS_SHARED_MODELS:-../shared/models}/vocab/ggml-vocab-deepseek-coder-chat.gguf" \
+        "$GPU/shared-models/vocab/"
+else
+    cp -r "${DSRS_SHARED_MODELS:-../shared/models}" "$GPU/shared-models"
+fi
 du -sh "$GPU"/* | sort -h

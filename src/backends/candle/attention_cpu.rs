@@ -105,7 +105,7 @@ pub(super) fn attend(
         if query_heads * positions * head_dim < WORK_PER_THREAD_WAKE {
             attend_heads(0..query_heads, &mut output);
         } else {
-            fill_in_parallel(&mut output, query_heads, head_dim, attend_heads);
+            fill_in_parallel(&mut output, query_heads, head_dim, 1, attend_heads);
         }
         output
     };

@@ -10,18 +10,28 @@ use std::sync::Mutex;
 /// Fills `output`, rows of `items × width` values, on candle's CPU thread
 /// pool: `compute(range, part)` writes items `range` of every row into
 /// `part` (rows of `range.len() × width` values), which is then copied into
-/// place. A thread takes one range of items at a time; no two overlap.
-pub(super) fn fill_in_parallel<F>(output: &mut [f32], items: usize, width: usize, compute: F)
-where
+/// place. A thread takes one range of items at a time; no two overlap. A
+/// range starts at a multiple of `granule` and holds a multiple of it but at
+/// the end (a kernel that computes several items at once gets whole sets:
+/// the pool alone would cut 37 items into ranges of 3 on two threads).
+pub(super) fn fill_in_parallel<F>(
+    output: &mut [f32],
+    items: usize,
+    width: usize,
+    granule: usize,
+    compute: F,
+) where
     F: Fn(Range<usize>, &mut [f32]) + Sync,
 {
     let row_len = items * width;
     if row_len == 0 {
         return;
     }
+    let granule = granule.max(1);
     let rows = output.len() / row_len;
     let shared = Mutex::new(output);
-    candle_core::utils::barrier_pool().execute_chunked(items, |range| {
+    candle_core::utils::barrier_pool().execute_chunked(items.div_ceil(granule), |granules| {
+        let range = granules.start * granule..(granules.end * granule).min(items);
         let (first, end) = (range.start * width, range.end * width);
         let part_len = end - first;
         let mut part = vec![0f32; rows * part_len];
@@ -41,12 +51,14 @@ mod tests {
     use super::*;
 
     /// Every item of every row is computed once, by whichever thread, and
-    /// lands in its place.
+    /// lands in its place; ranges hold whole granules.
     #[test]
     fn each_item_lands_in_its_place() {
-        let (rows, items, width) = (3, 50, 2);
+        let (rows, items, width, granule) = (3, 50, 2, 4);
         let mut output = vec![f32::NAN; rows * items * width];
-        fill_in_parallel(&mut output, items, width, |range, part| {
+        fill_in_parallel(&mut output, items, width, granule, |range, part| {
+            assert_eq!(range.start % granule, 0);
+            assert!(range.len() % granule == 0 || range.end == items);
             let part_len = range.len() * width;
             for (row, values) in part.chunks_exact_mut(part_len).enumerate() {
                 for (item, pair) in range.clone().zip(values.chunks_exact_mut(width)) {
