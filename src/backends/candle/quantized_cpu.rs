@@ -12,12 +12,13 @@
 //! - A token's product goes one weight row at a time: the weights are read
 //!   as one stream, from memory (four rows per pass was faster on a matrix
 //!   in cache but 2.5× slower on one read from memory).
-//! - A prompt's goes in tiles of 4 weight rows × 2 input rows (llamafile's
-//!   `tinyBLAS_Q0_AVX` shape): each weight block is unpacked once for both
-//!   inputs and each activation block loaded once for the four rows. Per
-//!   128-token prompt on a 2-core EPYC, against row by row: bench model
-//!   Q8_0 137 → 175 t/s, SmolLM2-135M Q4_1 310 → 450, Gemma 3 270M 320 →
-//!   410 (2×4 tiles were best for the nibble formats and worst for Q8_0).
+//! - A prompt's goes in tiles: 4 weight rows × 2 input rows for Q8_0
+//!   (llamafile's `tinyBLAS_Q0_AVX` shape), 2 × 4 for the nibble formats,
+//!   whose blocks cost more to unpack: each weight block is unpacked once
+//!   for the tile's inputs and each activation block loaded once for its
+//!   rows. Per 128-token prompt on a 2-core EPYC, against row by row:
+//!   bench model Q8_0 137 → 160–175 t/s, SmolLM2-135M Q4_1 310 → 460–500,
+//!   Gemma 3 270M 320 → 400–500 (runs here move ±15 %).
 //! - The loop reads blocks as fixed-size arrays of rows cut to one length,
 //!   and vectors by transmute rather than by `_mm256_loadu_si256`: in the
 //!   test profile (debug assertions on) a load's overlap check and the
@@ -117,17 +118,10 @@ struct ActivationBlock {
 /// One weight row's dot product with a quantized activation row.
 type Kernel = fn(Format, &[u8], &[ActivationBlock]) -> f32;
 
-/// Weight rows and activation rows of a tile (a prompt's products).
-const TILE_ROWS: usize = 4;
-const TILE_INPUTS: usize = 2;
-
-/// The dot products of `TILE_ROWS` weight rows with `TILE_INPUTS`
-/// activation rows, `[input][row]`.
-type TileKernel = fn(
-    Format,
-    [&[u8]; TILE_ROWS],
-    [&[ActivationBlock]; TILE_INPUTS],
-) -> [[f32; TILE_ROWS]; TILE_INPUTS];
+/// The dot products of `RM` weight rows with `RN` activation rows,
+/// `[input][row]` (a prompt's products).
+type TileKernel<const RM: usize, const RN: usize> =
+    fn(Format, [&[u8]; RM], [&[ActivationBlock]; RN]) -> [[f32; RM]; RN];
 
 impl CpuMatrix {
     /// The matrix of `tensor` when these kernels are the faster way to
@@ -180,35 +174,54 @@ impl CpuMatrix {
             );
         }
         let input = x.flatten_all()?.to_vec1::<f32>()?;
-        let count = input.len() / self.columns;
         let activations: Vec<Vec<ActivationBlock>> =
             input.chunks_exact(self.columns).map(quantize_row).collect();
+        // Q8_0 values are loaded as they are, so tiles of more rows pay;
+        // nibbles are unpacked first, so tiles of more inputs do (measured:
+        // 4 × 2 was best for Q8_0, 2 × 4 for the nibble formats by 10 %).
+        let output = match self.format {
+            Format::Q8_0 => self.products::<4, 2>(&activations)?,
+            _ => self.products::<2, 4>(&activations)?,
+        };
+        if let Some(last) = dims.last_mut() {
+            *last = self.rows;
+        }
+        Tensor::from_vec(output, dims, x.device())
+    }
+
+    /// Every input row's products, input by input, in tiles of `RM` weight
+    /// rows × `RN` input rows where the CPU has a tile kernel.
+    fn products<const RM: usize, const RN: usize>(
+        &self,
+        activations: &[Vec<ActivationBlock>],
+    ) -> candle_core::Result<Vec<f32>> {
+        let count = activations.len();
         // On the CPU this borrows candle's storage.
         let blocks = self.tensor.data()?;
         let row_bytes = self.columns / BLOCK * self.format.block_bytes();
         let row = |index: usize| &blocks[index * row_bytes..(index + 1) * row_bytes];
-        let (kernel, tile) = (kernel(), tile_kernel());
+        let (kernel, tile) = (kernel(), tile_kernel::<RM, RN>());
         let mut output = vec![0f32; count * self.rows];
         // A thread takes a range of rows and computes it a group at a time,
         // each group for every input row while the group is in cache: in
         // tiles where there are enough input rows, row by row for the rest.
-        fill_in_parallel(&mut output, self.rows, 1, TILE_ROWS, |range, results| {
+        fill_in_parallel(&mut output, self.rows, 1, RM, |range, results| {
             let (first, width) = (range.start, range.len());
             for group in range.clone().step_by(ROWS_PER_GROUP) {
                 let group_end = (group + ROWS_PER_GROUP).min(range.end);
                 let mut tiled = 0;
                 if let Some(tile) = tile {
-                    for inputs in activations.chunks_exact(TILE_INPUTS) {
+                    for inputs in activations.chunks_exact(RN) {
                         let inputs = std::array::from_fn(|j| inputs[j].as_slice());
                         let mut index = group;
-                        while index + TILE_ROWS <= group_end {
+                        while index + RM <= group_end {
                             let products =
                                 tile(self.format, std::array::from_fn(|i| row(index + i)), inputs);
                             for (j, products) in products.iter().enumerate() {
                                 let at = (tiled + j) * width + index - first;
-                                results[at..at + TILE_ROWS].copy_from_slice(products);
+                                results[at..at + RM].copy_from_slice(products);
                             }
-                            index += TILE_ROWS;
+                            index += RM;
                         }
                         for index in index..group_end {
                             for (j, input) in inputs.iter().enumerate() {
@@ -216,7 +229,7 @@ impl CpuMatrix {
                                     kernel(self.format, row(index), input);
                             }
                         }
-                        tiled += TILE_INPUTS;
+                        tiled += RN;
                     }
                 }
                 for (input, activations) in activations.iter().enumerate().skip(tiled) {
@@ -227,10 +240,7 @@ impl CpuMatrix {
                 }
             }
         });
-        if let Some(last) = dims.last_mut() {
-            *last = self.rows;
-        }
-        Tensor::from_vec(output, dims, x.device())
+        Ok(output)
     }
 }
 
@@ -277,7 +287,7 @@ fn kernel() -> Kernel {
 
 /// The tile kernel this CPU runs, if any (none without AVX2: products then
 /// go row by row).
-fn tile_kernel() -> Option<TileKernel> {
+fn tile_kernel<const RM: usize, const RN: usize>() -> Option<TileKernel<RM, RN>> {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2")
         && std::arch::is_x86_feature_detected!("fma")
