@@ -397,6 +397,8 @@ mod avx2 {
         rows: [&[u8]; RM],
         inputs: [&[ActivationBlock]; RN],
     ) -> [[f32; RM]; RN] {
+        // Four weight rows' scales fill one f16 → f32 conversion.
+        const { assert!(RM <= 4) };
         let rows = rows.map(|row| row.as_chunks::<BYTES>().0);
         let count = inputs
             .iter()
