@@ -539,6 +539,24 @@ mod tests {
 
     use super::*;
 
+    /// Random weights quantized by candle to each format these kernels take.
+    fn random_matrices(rows: usize, columns: usize) -> Vec<(GgmlDType, Arc<QTensor>, CpuMatrix)> {
+        let weights = Tensor::randn(0f32, 1.0, (rows, columns), &Device::Cpu).unwrap();
+        [
+            GgmlDType::Q4_1,
+            GgmlDType::Q5_0,
+            GgmlDType::Q5_1,
+            GgmlDType::Q8_0,
+        ]
+        .into_iter()
+        .map(|dtype| {
+            let quantized = Arc::new(QTensor::quantize(&weights, dtype).unwrap());
+            let ours = CpuMatrix::from_qtensor(&quantized).unwrap().unwrap();
+            (dtype, quantized, ours)
+        })
+        .collect()
+    }
+
     /// Random weights quantized by candle, inputs of one and several rows,
     /// a row count that leaves a short last work item: the product is
     /// candle's own but for the activations' rounding (ggml's here), on the
@@ -547,17 +565,9 @@ mod tests {
     fn products_are_candles_up_to_the_activations_rounding() {
         let device = Device::Cpu;
         let (rows, columns) = (37, 128);
-        let weights = Tensor::randn(0f32, 1.0, (rows, columns), &device).unwrap();
         // A wrong block layout is off by about a dot product's size (√128).
         let tolerance = 0.02 * (columns as f32).sqrt();
-        for dtype in [
-            GgmlDType::Q4_1,
-            GgmlDType::Q5_0,
-            GgmlDType::Q5_1,
-            GgmlDType::Q8_0,
-        ] {
-            let quantized = Arc::new(QTensor::quantize(&weights, dtype).unwrap());
-            let ours = CpuMatrix::from_qtensor(&quantized).unwrap().unwrap();
+        for (dtype, quantized, ours) in random_matrices(rows, columns) {
             let theirs = QMatMul::from_arc(Arc::clone(&quantized)).unwrap();
             for input_rows in [1, 3] {
                 let x = Tensor::randn(0f32, 1.0, (1, input_rows, columns), &device).unwrap();
@@ -591,15 +601,7 @@ mod tests {
     fn tiles_give_each_row_its_own_product() {
         let device = Device::Cpu;
         let (rows, columns, inputs) = (37, 96, 5);
-        let weights = Tensor::randn(0f32, 1.0, (rows, columns), &device).unwrap();
-        for dtype in [
-            GgmlDType::Q4_1,
-            GgmlDType::Q5_0,
-            GgmlDType::Q5_1,
-            GgmlDType::Q8_0,
-        ] {
-            let quantized = Arc::new(QTensor::quantize(&weights, dtype).unwrap());
-            let ours = CpuMatrix::from_qtensor(&quantized).unwrap().unwrap();
+        for (dtype, _, ours) in random_matrices(rows, columns) {
             let x = Tensor::randn(0f32, 1.0, (inputs, columns), &device).unwrap();
             let together = ours.forward(&x).unwrap().to_vec2::<f32>().unwrap();
             for (input, together) in together.iter().enumerate() {
