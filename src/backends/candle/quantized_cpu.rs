@@ -195,6 +195,7 @@ impl CpuMatrix {
         &self,
         activations: &[Vec<ActivationBlock>],
     ) -> candle_core::Result<Vec<f32>> {
+        const { assert!(RM >= 1 && RN >= 1) };
         let count = activations.len();
         // On the CPU this borrows candle's storage.
         let blocks = self.tensor.data()?;
@@ -205,7 +206,9 @@ impl CpuMatrix {
         // A thread takes a range of rows and computes it a group at a time,
         // each group for every input row while the group is in cache: in
         // tiles where there are enough input rows, row by row for the rest.
-        fill_in_parallel(&mut output, self.rows, 1, RM, |range, results| {
+        // Ranges of whole tiles for a prompt; a token's rows spread finely.
+        let granule = if count >= RN { RM } else { 1 };
+        fill_in_parallel(&mut output, self.rows, 1, granule, |range, results| {
             let (first, width) = (range.start, range.len());
             for group in range.clone().step_by(ROWS_PER_GROUP) {
                 let group_end = (group + ROWS_PER_GROUP).min(range.end);
@@ -476,12 +479,12 @@ mod avx2 {
         block: &[u8; BYTES],
     ) -> __m256i {
         if !NIBBLES {
-            let stored: &[u8; 32] = block[2..].as_array().expect("a Q8_0 block holds 32 values");
+            let stored = <&[u8; 32]>::try_from(&block[2..]).expect("a Q8_0 block holds 32 values");
             // SAFETY: 32 bytes as 32 bytes (a transmute, not a load, has no
             // overlap check in debug builds).
             return unsafe { std::mem::transmute::<[u8; 32], __m256i>(*stored) };
         }
-        let nibbles: &[u8; 16] = block[BYTES - BLOCK / 2..].as_array().expect("16 bytes");
+        let nibbles = <&[u8; 16]>::try_from(&block[BYTES - BLOCK / 2..]).expect("16 bytes");
         // SAFETY: 16 bytes as 16 bytes.
         let packed = unsafe { std::mem::transmute::<[u8; 16], __m128i>(*nibbles) };
         // Values 0..16 from the low nibbles, 16..32 from the high ones.
@@ -557,10 +560,11 @@ mod tests {
         .collect()
     }
 
-    /// Random weights quantized by candle, inputs of one and several rows,
-    /// a row count that leaves a short last work item: the product is
-    /// candle's own but for the activations' rounding (ggml's here), on the
-    /// fastest path; the scalar path gives the fastest path's numbers.
+    /// Random weights quantized by candle, inputs of one row and of five
+    /// (tiles of either shape, and one row over), a row count that leaves a
+    /// short last work item: the product is candle's own but for the
+    /// activations' rounding (ggml's here), on the fastest path; the scalar
+    /// path gives the fastest path's numbers.
     #[test]
     fn products_are_candles_up_to_the_activations_rounding() {
         let device = Device::Cpu;
@@ -569,7 +573,7 @@ mod tests {
         let tolerance = 0.02 * (columns as f32).sqrt();
         for (dtype, quantized, ours) in random_matrices(rows, columns) {
             let theirs = QMatMul::from_arc(Arc::clone(&quantized)).unwrap();
-            for input_rows in [1, 3] {
+            for input_rows in [1, 5] {
                 let x = Tensor::randn(0f32, 1.0, (1, input_rows, columns), &device).unwrap();
                 let expected = theirs.forward(&x).unwrap();
                 let got = ours.forward(&x).unwrap();
