@@ -417,17 +417,14 @@ fn fixed_prompt(backend: &dyn Backend, tokens: usize) -> anyhow::Result<String> 
 
 /// Resident memory a backend added, measured after loading it and running it.
 fn memory_row(name: &str, before: Option<(u64, u64)>, file_bytes: u64) -> Value {
-    match (before, memory::resident()) {
-        (Some((rss_before, _)), Some((rss, peak))) => {
-            let added = rss.saturating_sub(rss_before);
-            json!({
-                "backend": name,
-                "rss_added_mb": added as f64 / 1e6,
-                "peak_rss_mb": peak as f64 / 1e6,
-                "ratio_to_file": added as f64 / file_bytes as f64,
-            })
-        }
-        _ => json!({ "backend": name, "unavailable": "no /proc/self/status" }),
+    match added_since(before) {
+        Some((added, peak)) => json!({
+            "backend": name,
+            "rss_added_mb": added as f64 / 1e6,
+            "peak_rss_mb": peak as f64 / 1e6,
+            "ratio_to_file": added as f64 / file_bytes as f64,
+        }),
+        None => json!({ "backend": name, "unavailable": "no /proc/self/status" }),
     }
 }
 
@@ -435,10 +432,16 @@ fn memory_row(name: &str, before: Option<(u64, u64)>, file_bytes: u64) -> Value 
 /// compute buffers a longer prompt touches), for the table; the targets keep
 /// the figure of [`memory_row`].
 fn add_memory_after_depth(row: &mut Value, before: Option<(u64, u64)>, file_bytes: u64) {
-    if let (Some((rss_before, _)), Some((rss, _))) = (before, memory::resident()) {
-        let added = rss.saturating_sub(rss_before);
+    if let Some((added, _)) = added_since(before) {
         row["ratio_to_file_after_depth"] = json!(added as f64 / file_bytes as f64);
     }
+}
+
+/// Resident bytes added since `before` (as [`memory::resident`] reads it),
+/// and the peak so far.
+fn added_since(before: Option<(u64, u64)>) -> Option<(u64, u64)> {
+    let ((rss_before, _), (rss, peak)) = before.zip(memory::resident())?;
+    Some((rss.saturating_sub(rss_before), peak))
 }
 
 #[tokio::main]
