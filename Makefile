@@ -31,9 +31,11 @@ test: deps
 	cargo test
 
 # The throughput benchmark (issue 8): builds llama-bench/llama-server and a
-# Python DSPy venv under target/peers once, then measures everything in one
+# Python DSPy venv under target/peers once (and llama-bench on the llama.cpp
+# the bench links, hence the build first), then measures everything in one
 # run; then the remote backend over 1, 2 and 4 llama-servers (issue 26).
 bench: deps
+	cargo build --example bench
 	bash benches/setup-peers.sh
 	cargo run --example bench
 	cargo run --example scale_out

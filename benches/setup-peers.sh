@@ -105,6 +105,26 @@ if [ -n "$missing" ] || { [ -f "$LLG_MARK" ] && [ ! -f "$LLG_BUILT" ]; }; then
 fi
 [ "$ONLY" = "llama-server" ] && { step "done: $(ls "$BUILD/bin" 2>/dev/null | tr '\n' ' ')"; exit 0; }
 
+# llama-bench's source on the llama.cpp build the crate links (llama-cpp-sys-2's
+# static libraries, from `cargo build`): against the peer's llama-bench, the
+# engine build's share of a gap; against our adapter, the rest.
+SYS_BUILD="$(ls -td "${CARGO_TARGET_DIR:-target}"/debug/build/llama-cpp-sys-2-*/out/build 2>/dev/null | head -1)"
+SAME="$PEERS_DIR/llama-bench-same-build/llama-bench"
+if [ -z "$SYS_BUILD" ]; then
+    echo "setup-peers: no llama-cpp-sys-2 build (run cargo build first); no llama-bench on our llama.cpp build"
+elif [ ! -x "$SAME" ] || [ "$SYS_BUILD/src/libllama.a" -nt "$SAME" ]; then
+    step "llama-bench on the crate's llama.cpp build"
+    SYS_SRC="$(awk -F= '/^CMAKE_HOME_DIRECTORY:/ { print $2 }' "$SYS_BUILD/CMakeCache.txt")"
+    mkdir -p "$(dirname "$SAME")" &&
+        g++ -O2 -std=c++17 -I"$SYS_BUILD/../include" -I"$SYS_SRC/common" -I"$SYS_SRC/vendor" \
+            "$SRC/vendor/llama.cpp/tools/llama-bench/llama-bench.cpp" \
+            "$SRC/vendor/llama.cpp/tools/llama-bench/main.cpp" \
+            -Wl,--start-group "$SYS_BUILD"/common/*.a "$SYS_BUILD"/vendor/*/*.a \
+            "$SYS_BUILD"/src/libllama.a "$SYS_BUILD"/ggml/src/*.a -Wl,--end-group \
+            -fopenmp -lpthread -lssl -lcrypto -o "$SAME" >"$PEERS_DIR/same-build.log" 2>&1 ||
+        echo "setup-peers: llama-bench on our llama.cpp build failed (see $PEERS_DIR/same-build.log)"
+fi
+
 if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import dspy, llama_cpp.server" 2>/dev/null; then
     step "installing DSPy and llama-cpp-python[server] into $VENV"
     python3 -m venv "$VENV" &&

@@ -11,8 +11,10 @@
 //!
 //! Measured, every system reading the same file with the same thread count:
 //! 1. engine: prompt processing (`--prompt-tokens`) and generation
-//!    (`--generated-tokens`) tokens/s of `llama-bench`, of a bare llama-cpp-2
-//!    loop (our engine's ceiling, in a child process), and of both adapters,
+//!    (`--generated-tokens`) tokens/s of `llama-bench` (llama-cpp-python's
+//!    llama.cpp, and built on ours: the engine build's share of a gap), of a
+//!    bare llama-cpp-2 loop (our engine's ceiling, in a child process), and
+//!    of both adapters,
 //!    and generation after `--depth` tokens (512: a DSPy prompt's length;
 //!    `llama-bench -d`) but for the bare loop;
 //! 2. adapter overhead: one `Predict::forward` against the bare loop over the
@@ -41,7 +43,7 @@ mod memory;
 mod peers;
 mod workloads;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -184,6 +186,20 @@ struct EngineRow {
     /// Generation after `depth` tokens (not measured for the bare loop).
     tg_deep_tokens_per_s: Option<f64>,
 }
+
+impl EngineRow {
+    fn from_llama_bench(system: String, figures: &peers::LlamaBench) -> Self {
+        EngineRow {
+            system,
+            pp_tokens_per_s: figures.pp_tokens_per_s,
+            tg_tokens_per_s: figures.tg_tokens_per_s,
+            tg_deep_tokens_per_s: figures.tg_deep_tokens_per_s,
+        }
+    }
+}
+
+/// The engine row of `llama-bench` built on our own llama.cpp.
+const SAME_BUILD_LLAMA_BENCH: &str = "llama-bench on our llama.cpp build";
 
 /// Tokens/s of an adapter's raw generation: a fixed prompt, exactly
 /// `generated_tokens` out, no grammar.
@@ -549,32 +565,38 @@ async fn main() -> anyhow::Result<()> {
     }
 
     println!("measuring llama-bench…");
-    let llama_bench = match peers.llama_bench() {
-        Some(binary) => match peers::llama_bench(
-            &binary,
+    let run_llama_bench = |binary: &Path| {
+        peers::llama_bench(
+            binary,
             &path,
             options.prompt_tokens,
             options.generated_tokens,
             options.depth,
             options.runs,
             options.gpu,
-        ) {
-            Ok(figures) => {
-                engine.push(EngineRow {
-                    system: format!("llama-bench (build {})", figures.build_number),
-                    pp_tokens_per_s: figures.pp_tokens_per_s,
-                    tg_tokens_per_s: figures.tg_tokens_per_s,
-                    tg_deep_tokens_per_s: figures.tg_deep_tokens_per_s,
-                });
-                Some(figures)
-            }
-            Err(error) => {
-                println!("skipping llama-bench: {error:#}");
-                None
-            }
-        },
-        None => None,
+        )
+        .inspect_err(|error| println!("skipping {}: {error:#}", binary.display()))
+        .ok()
     };
+    let llama_bench = peers
+        .llama_bench()
+        .and_then(|binary| run_llama_bench(&binary));
+    if let Some(figures) = &llama_bench {
+        let system = format!("llama-bench (build {})", figures.build_number);
+        engine.push(EngineRow::from_llama_bench(system, figures));
+    }
+    // The same tool on the llama.cpp our adapter links: what separates the
+    // two llama-bench rows is the engine build; what separates this one from
+    // ours is the adapter and llama-cpp-2.
+    if let Some(figures) = peers
+        .llama_bench_same_build()
+        .and_then(|binary| run_llama_bench(&binary))
+    {
+        engine.push(EngineRow::from_llama_bench(
+            SAME_BUILD_LLAMA_BENCH.into(),
+            &figures,
+        ));
+    }
 
     let workloads = workloads::run(&llama_model, &path, &options, &peers).await?;
     let dspy = workloads.rows.clone();
@@ -765,7 +787,7 @@ fn targets(
             overhead <= 0.05,
         );
     }
-    if let (Some(ours), Some(peer)) = (engine_row("LlamaCppAdapter"), engine_row("llama-bench")) {
+    if let (Some(ours), Some(peer)) = (engine_row("LlamaCppAdapter"), engine_row("llama-bench (")) {
         let ratio = ours.tg_tokens_per_s / peer.tg_tokens_per_s;
         let goal = if options.gpu { "≥ 0.9" } else { "≥ 0.95" };
         push(
@@ -782,6 +804,17 @@ fn targets(
                 true,
             );
         }
+    }
+    if let (Some(ours), Some(same)) = (
+        engine_row("LlamaCppAdapter"),
+        engine_row(SAME_BUILD_LLAMA_BENCH),
+    ) {
+        push(
+            "generation vs llama-bench on our llama.cpp build".into(),
+            ours.tg_tokens_per_s / same.tg_tokens_per_s,
+            "report",
+            true,
+        );
     }
     if let (Some(ours), Some(candle)) = (engine_row("LlamaCppAdapter"), engine_row("CandleAdapter"))
     {

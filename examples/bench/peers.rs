@@ -1,6 +1,7 @@
 //! The systems a user would pick instead, built by `benches/setup-peers.sh`
 //! under `target/peers`: llama.cpp's own `llama-bench` and `llama-server`,
-//! and Python DSPy with `llama-cpp-python`'s server. Each is optional: when
+//! and Python DSPy with `llama-cpp-python`'s server; and `llama-bench` on
+//! our own llama.cpp build, which tells the engine's share of a gap. Each is optional: when
 //! one is missing the benchmark says why and goes on without it.
 
 use std::net::TcpListener;
@@ -36,6 +37,15 @@ impl Peers {
 
     pub fn llama_bench(&self) -> Option<PathBuf> {
         self.existing("llama.cpp-build/bin/llama-bench", "llama-bench")
+    }
+
+    /// `llama-bench` built on the llama.cpp that `LlamaCppAdapter` links
+    /// (llama-cpp-sys-2's), where the one above runs llama-cpp-python's tree.
+    pub fn llama_bench_same_build(&self) -> Option<PathBuf> {
+        self.existing(
+            "llama-bench-same-build/llama-bench",
+            "llama-bench on our llama.cpp build",
+        )
     }
 
     pub fn llama_server(&self) -> Option<PathBuf> {

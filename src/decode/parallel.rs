@@ -61,7 +61,11 @@ pub(crate) fn choose_all<'p>(
     piece: &(impl Fn(u32) -> &'p [u8] + Sync),
     threads: usize,
 ) -> Vec<Result<Chosen>> {
-    let helpers = threads.saturating_sub(1);
+    // The calling thread takes a choice too: one choice needs no helper
+    // (starting one per token cost a small model half its speed).
+    let helpers = threads
+        .saturating_sub(1)
+        .min(choices.len().saturating_sub(1));
     let (_, results) = spread(choices, helpers, |choice| choice.choose(piece), || ());
     results
         .into_iter()

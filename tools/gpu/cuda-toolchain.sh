@@ -2,7 +2,9 @@
 # A CUDA 13.0 toolchain for building `--features cuda-shared` on a machine
 # with no GPU and no CUDA install (specs/gpu.md): nvcc, headers and cudart
 # from NVIDIA's PyPI wheels, plus link-only stub libraries for the driver,
-# cuBLAS, cuBLASLt, cuRAND and NVRTC (the GPU machine has the real ones).
+# cuBLAS, cuBLASLt, cuRAND and NVRTC (the GPU machine has the real ones),
+# and cuBLAS's headers and libraries, against which tools/gpu/build-llama.sh
+# builds llama.cpp here.
 # Pinned to 13.0: newer nvcc writes PTX that a 13.0 driver cannot load.
 #
 # Usage: bash tools/gpu/cuda-toolchain.sh [DIR]   (default target/cuda-13.0)
@@ -23,7 +25,16 @@ if [ ! -x "$ROOT/bin/nvcc" ]; then
     done
     chmod +x "$ROOT"/bin/* "$ROOT"/nvvm/bin/* 2>/dev/null || true
 fi
+if [ ! -e "$ROOT/include/cublas_v2.h" ]; then
+    python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$DIR/wheels" \
+        nvidia-cublas==13.0.2.14
+    python3 -m zipfile -e "$DIR"/wheels/nvidia_cublas-*.whl "$DIR/root"
+fi
 ln -sf libcudart.so.13 "$ROOT/lib/libcudart.so"
+ln -sf libcublas.so.13 "$ROOT/lib/libcublas.so"
+ln -sf libcublasLt.so.13 "$ROOT/lib/libcublasLt.so"
+# nvcc links device code from $ROOT/lib64, where a toolkit install keeps it.
+ln -sfn lib "$ROOT/lib64"
 
 # Stubs: every function cudarc's bindings declare, under the real soname.
 CUDARC="$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-0.19.* | tail -1)"

@@ -2,16 +2,19 @@
 # Runs on the GPU machine (no Rust, no network), in the repository root, with
 # the `.gpu/` folder that tools/gpu/pack.sh made here (specs/gpu.md).
 #
-#   bash tools/gpu/on-device.sh build [llama|peer]  # starts the CUDA builds in the background
+#   bash tools/gpu/on-device.sh build [llama|peer]  # unpacks the carried CUDA builds, or
+#                                   # starts them in the background
 #                                   # (`llama`: ours only; `peer`: llama-bench only)
 #   bash tools/gpu/on-device.sh wait    # waits for them (call again if it times out)
 #   bash tools/gpu/on-device.sh suite [THREADS [TEST ARGS]]  # the suite, both backends on the GPU
 #   bash tools/gpu/on-device.sh bench SHAPE WEIGHTS [bench flags]
 #
-# The builds: llama.cpp as shared libraries with CUDA from llama-cpp-sys-2's
-# own source (the binaries here link those libraries by name), and
-# llama-bench/llama-batched-bench/llama-quantize from llama-cpp-python's
-# llama.cpp tree (the peer).
+# The builds (tools/gpu/build-llama.sh): llama.cpp as shared libraries with
+# CUDA from llama-cpp-sys-2's own source (the binaries here link those
+# libraries by name), and llama-bench/llama-batched-bench from
+# llama-cpp-python's llama.cpp tree (the peer). pack.sh builds both into
+# `.gpu-llama/` and `.gpu-peer/`; `build` builds here only what no call
+# carried or what does not load.
 set -u
 cd "$(dirname "$0")/../.."
 ROOT="$PWD"
@@ -20,12 +23,6 @@ GPU="$ROOT/${PACK:-.gpu}"
 WORK=/tmp/dsrs-gpu
 OUT="${OUT:-$WORK/out}"
 mkdir -p "$WORK" "$OUT"
-
-CPU_FLAGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON"
-CUDA_FLAGS="-DGGML_CUDA=ON -DGGML_CUDA_NCCL=OFF -DCMAKE_CUDA_ARCHITECTURES=90"
-GENERATOR=""
-command -v ninja >/dev/null && GENERATOR="-G Ninja"
-command -v nvcc >/dev/null || export PATH="/usr/local/cuda/bin:$PATH"
 
 environment() {
     # Binaries were built with CARGO_MANIFEST_DIR=/work/main: let it be here.
@@ -57,51 +54,62 @@ environment() {
     if [ -x "$WORK/bin/llama-bench" ]; then
         mkdir -p "$WORK/peers/llama.cpp-build" && ln -sfn "$WORK/bin" "$WORK/peers/llama.cpp-build/bin"
     fi
+    # llama-bench on our llama.cpp build (build-llama.sh), beside the peer's.
+    if [ -x "$WORK/llama/bin/llama-bench" ]; then
+        mkdir -p "$WORK/peers" && ln -sfn "$WORK/llama/bin" "$WORK/peers/llama-bench-same-build"
+    fi
+}
+
+# start_build llama|peer SOURCE_PACK BUILD_DIR: the build pack.sh made and
+# a call carried (`.gpu-llama/`, `.gpu-peer/`), where it loads here;
+# otherwise builds from the carried source in the background
+# (tools/gpu/build-llama.sh; ~9 minutes for both on 16 cores).
+# Touches $WORK/llama.done or peer.done when done.
+start_build() {
+    local name="$1" source="$2" build="$WORK/$3"
+    local carried="$ROOT/.gpu-$name/built-$name.tar.xz"
+    if [ -e "$carried" ]; then
+        mkdir -p "$build"
+        python3 -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" \
+            "$carried" "$build"
+        if ! LD_LIBRARY_PATH="$build/bin:$LD_LIBRARY_PATH" ldd "$build"/bin/* | grep "not found"; then
+            echo "$name: carried build"
+            touch "$WORK/$name.done"
+            return
+        fi
+        echo "$name: the carried build does not load here; building"
+    fi
+    python3 -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" "$GPU/$source.tar.xz" "$WORK"
+    local tree="$WORK/llama.cpp"
+    [ "$name" = peer ] && tree="$WORK/peer/llama.cpp"
+    command -v nvcc >/dev/null || export PATH="/usr/local/cuda/bin:$PATH"
+    nvcc --version | tail -1
+    setsid bash -c "bash '$ROOT/tools/gpu/build-llama.sh' $name '$tree' '$build' && touch '$WORK/$name.done'" \
+        >"$WORK/$name.log" 2>&1 </dev/null &
+    echo "$name: build started"
 }
 
 case "${1:-}" in
 build)
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-    nvcc --version | tail -2
-    for source in "$GPU"/llama.cpp-*.tar.xz; do
-        python3 -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" "$source" "$WORK"
-    done
+    environment
     what="${2:-all}"
-    # shellcheck disable=SC2086
-    [ "$what" = peer ] || setsid bash -c "
-        cmake -S $WORK/llama.cpp -B $WORK/llama $GENERATOR -DCMAKE_BUILD_TYPE=Release \
-            -DBUILD_SHARED_LIBS=ON $CPU_FLAGS $CUDA_FLAGS -DGGML_OPENMP=ON \
-            -DLLAMA_BUILD_COMMON=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
-            -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_CURL=OFF &&
-        cmake --build $WORK/llama -j 16 && touch $WORK/llama.done" >"$WORK/llama.log" 2>&1 </dev/null &
+    if [ "$what" = peer ]; then touch "$WORK/llama.done"; else start_build llama llama.cpp-sys llama; fi
     if [ "$what" = llama ]; then
-        echo "llama.cpp build started (no peer)"
         touch "$WORK/peer.done"
-        exit 0
+    else
+        start_build peer llama.cpp-peer peer-build
+        # `peer`: llama-bench with CUDA beside a Vulkan pack's own (not made the bench's peer).
+        [ "$what" = peer ] ||
+            { mkdir -p "$WORK/peers/llama.cpp-build" && ln -sfn "$WORK/peer-build/bin" "$WORK/peers/llama.cpp-build/bin"; }
     fi
-    # `peer`: llama-bench and llama-batched-bench with CUDA only, beside a
-    # Vulkan pack's own (not made the bench's peer).
-    link="mkdir -p $WORK/peers/llama.cpp-build && ln -sfn $WORK/peer-build/bin $WORK/peers/llama.cpp-build/bin"
-    if [ "$what" = peer ]; then
-        touch "$WORK/llama.done"
-        link=true
-    fi
-    # shellcheck disable=SC2086
-    setsid bash -c "
-        cmake -S $WORK/peer/llama.cpp -B $WORK/peer-build $GENERATOR -DCMAKE_BUILD_TYPE=Release \
-            -DBUILD_SHARED_LIBS=OFF $CPU_FLAGS $CUDA_FLAGS -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
-            -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF \
-            -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF &&
-        cmake --build $WORK/peer-build -j 16 --target llama-bench llama-batched-bench llama-quantize &&
-        $link && touch $WORK/peer.done" >"$WORK/peer.log" 2>&1 </dev/null &
-    echo "builds started"
     ;;
 wait)
     for _ in $(seq 1 110); do
         [ -e "$WORK/llama.done" ] && [ -e "$WORK/peer.done" ] && break
         sleep 5
     done
-    tail -n 2 "$WORK/llama.log" "$WORK/peer.log"
+    tail -n 2 "$WORK/llama.log" "$WORK/peer.log" 2>/dev/null
     [ -e "$WORK/llama.done" ] && [ -e "$WORK/peer.done" ] && echo "builds done"
     ;;
 suite)

@@ -52,6 +52,12 @@ use crate::{Error, Result};
 /// shorter wait costs more than reading them).
 const WORTH_WAITING: usize = 32;
 
+/// How much longer than `decode` a pass must run for its masks to be
+/// computed on helper threads meanwhile (the CPU's pass is over when
+/// `decode` returns; starting helpers for nothing costs more than a step of
+/// a small model).
+const PASS_OUTLIVES_DECODE: Duration = Duration::from_micros(50);
+
 /// A request, prepared by its caller (tokenized, grammar compiled: on the
 /// caller's thread, so that many arriving at once are prepared in parallel
 /// while the worker decodes), and where its result goes.
@@ -198,12 +204,18 @@ struct Batcher<'m> {
     model: &'m LlamaCppModel,
     settings: ContextSettings,
     sequences: Vec<Sequence>,
+    /// Each step's batch, allocated once (`llama_batch_init` allocates a
+    /// slot per token).
+    batch: LlamaBatch<'static>,
     waiting: VecDeque<Job>,
     /// Requests held back until a running request has read the prefix they
     /// share with it (oldest first).
     deferred: Vec<Job>,
     /// What it holds and has done, for the backend to report.
     counters: Arc<EngineCounters>,
+    /// Whether the last pass ran on after `decode` returned (on a GPU):
+    /// then the next pass's masks are computed on helper threads meanwhile.
+    pass_outlives_decode: bool,
 }
 
 impl<'m> Batcher<'m> {
@@ -218,9 +230,11 @@ impl<'m> Batcher<'m> {
             sequences: (0..settings.sequences)
                 .map(|_| Sequence::default())
                 .collect(),
+            batch: LlamaBatch::new(settings.batch_size, 1),
             waiting: VecDeque::new(),
             deferred: Vec::new(),
             counters,
+            pass_outlives_decode: true,
         }
     }
 
@@ -440,7 +454,8 @@ impl<'m> Batcher<'m> {
         let budget = self.settings.batch_size;
         let context_length = (ctx.n_ctx() as usize).min(self.settings.context_length);
         let fast_forward = self.settings.fast_forward && self.model.can_drop_positions();
-        let mut batch = LlamaBatch::new(budget, 1);
+        let batch = &mut self.batch;
+        batch.clear();
         let mut used = 0;
         // Every generating sequence's token has a place in the batch (it
         // holds at least one per sequence); drafts take what is left.
@@ -456,13 +471,13 @@ impl<'m> Batcher<'m> {
             active.logits_at = None;
             active.draft.clear();
             if let Some(token) = active.pending.take() {
-                add(&mut batch, &mut sequence.tokens, id, token, true)?;
+                add(batch, &mut sequence.tokens, id, token, true)?;
                 active.logits_at = Some(batch.n_tokens() - 1);
                 used += 1;
                 tokens_to_come -= 1;
                 if fast_forward {
                     let room = budget.saturating_sub(used + tokens_to_come);
-                    used += add_draft(&mut batch, sequence, id, room, context_length)?;
+                    used += add_draft(batch, sequence, id, room, context_length)?;
                 }
             }
         }
@@ -473,7 +488,7 @@ impl<'m> Batcher<'m> {
             while active.read < active.prompt.len() && used < budget {
                 let token = active.prompt[active.read];
                 let is_last = active.read + 1 == active.prompt.len();
-                add(&mut batch, &mut sequence.tokens, id, token, is_last)?;
+                add(batch, &mut sequence.tokens, id, token, is_last)?;
                 active.read += 1;
                 used += 1;
                 if is_last {
@@ -484,11 +499,14 @@ impl<'m> Batcher<'m> {
         let pass_started = Instant::now();
         {
             let _shared = device_memory::decoding();
-            ctx.decode(&mut batch)
+            ctx.decode(batch)
                 .map_err(|e| inference_error("decoding failed", e))?;
         }
+        let decoded = pass_started.elapsed();
         // On a GPU the pass runs on until its logits are read: the masks
-        // that do not depend on them are computed meanwhile.
+        // that do not depend on them are computed meanwhile, on helper
+        // threads. Where the last pass was over when `decode` returned (the
+        // CPU's), there is nothing to overlap, and this thread computes them.
         let waiting: Vec<&mut Decoder> = self
             .sequences
             .iter_mut()
@@ -496,10 +514,16 @@ impl<'m> Batcher<'m> {
             .filter(|a| a.logits_at.is_some())
             .map(|a| &mut a.decoder)
             .collect();
-        let pass_time = prepare_while(waiting, self.settings.threads, || {
+        let mask_threads = if self.pass_outlives_decode {
+            self.settings.threads
+        } else {
+            1
+        };
+        let pass_time = prepare_while(waiting, mask_threads, || {
             ctx.synchronize();
             pass_started.elapsed()
         });
+        self.pass_outlives_decode = pass_time.saturating_sub(decoded) > PASS_OUTLIVES_DECODE;
         let masks_late = pass_started.elapsed().saturating_sub(pass_time);
 
         // Each sequence's tokens are chosen on its own (grammar, sampler):
