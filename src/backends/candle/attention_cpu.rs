@@ -10,6 +10,7 @@
 use candle_core::{Device, Storage, Tensor};
 
 use super::cpu_threads::fill_in_parallel;
+use super::dense_cpu::dot;
 
 /// The heads' layout and the scores' scaling: what [`attend`] needs
 /// besides the tensors.
@@ -110,26 +111,6 @@ pub(super) fn attend(
         output
     };
     Tensor::from_vec(output, (1, kv_heads, groups, head_dim), &Device::Cpu).map(Some)
-}
-
-/// `a · b`, summed in sixteen lanes so that the compiler vectorizes it (a
-/// single running sum must add in order).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    const LANES: usize = 16;
-    let mut lanes = [0f32; LANES];
-    let (a_blocks, b_blocks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let tail: f32 = a_blocks
-        .remainder()
-        .iter()
-        .zip(b_blocks.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in a_blocks.zip(b_blocks) {
-        for ((lane, x), y) in lanes.iter_mut().zip(x).zip(y) {
-            *lane += x * y;
-        }
-    }
-    lanes.iter().sum::<f32>() + tail
 }
 
 /// An f32 tensor `(1, heads, rows, width)` on the CPU whose rows are

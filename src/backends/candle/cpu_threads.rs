@@ -1,6 +1,6 @@
 //! Filling an output on candle's CPU threads, for the crate's own CPU
-//! kernels (`quantized_cpu.rs`, `attention_cpu.rs`), on the pool candle's
-//! own kernels use, whose threads are already awake. Not
+//! kernels (`quantized_cpu.rs`, `dense_cpu.rs`, `attention_cpu.rs`), on the
+//! pool candle's own kernels use, whose threads are already awake. Not
 //! `decode::parallel::spread`: it starts threads per call, fine for one
 //! token choice per step, not for the ~170 products of a token.
 

@@ -34,6 +34,7 @@
 
 mod attention_cpu;
 mod cpu_threads;
+mod dense_cpu;
 mod engine;
 mod family;
 mod kv_cache;

@@ -1,18 +1,20 @@
 //! A weight matrix and who computes its products: candle's `QMatMul`, or
 //! this crate's kernels where candle's are slow
-//! ([`quantized_cpu`](super::quantized_cpu)).
+//! ([`quantized_cpu`](super::quantized_cpu), [`dense_cpu`](super::dense_cpu)).
 
 use std::sync::Arc;
 
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{Module, Tensor};
 
+use super::dense_cpu::DenseMatrix;
 use super::quantized_cpu::CpuMatrix;
 
 #[derive(Debug, Clone)]
 pub(super) enum Weight {
     Candle(QMatMul),
     Cpu(CpuMatrix),
+    Dense(DenseMatrix),
 }
 
 impl Weight {
@@ -23,10 +25,14 @@ impl Weight {
     /// A weight that shares its tensor (tied embeddings: the output layer
     /// is the embedding table).
     pub(super) fn shared(tensor: Arc<QTensor>) -> candle_core::Result<Self> {
-        match CpuMatrix::from_qtensor(&tensor)? {
-            Some(matrix) => Ok(Weight::Cpu(matrix)),
-            None => QMatMul::from_arc(tensor).map(Weight::Candle),
+        if let Some(matrix) = CpuMatrix::from_qtensor(&tensor)? {
+            return Ok(Weight::Cpu(matrix));
         }
+        let matmul = QMatMul::from_arc(tensor)?;
+        Ok(match DenseMatrix::from_qmatmul(&matmul) {
+            Some(matrix) => Weight::Dense(matrix),
+            None => Weight::Candle(matmul),
+        })
     }
 }
 
@@ -35,6 +41,7 @@ impl Module for Weight {
         match self {
             Weight::Candle(weight) => weight.forward(x),
             Weight::Cpu(matrix) => matrix.forward(x),
+            Weight::Dense(matrix) => matrix.forward(x),
         }
     }
 }
