@@ -106,8 +106,9 @@ fi
 [ "$ONLY" = "llama-server" ] && { step "done: $(ls "$BUILD/bin" 2>/dev/null | tr '\n' ' ')"; exit 0; }
 
 # llama-bench's source on the llama.cpp build the crate links (llama-cpp-sys-2's
-# static libraries, from `cargo build`): against the peer's llama-bench, the
-# engine build's share of a gap; against our adapter, the rest.
+# static libraries, from `cargo build`; the newest, where feature sets have
+# made several): against the peer's llama-bench, the engine build's share of
+# a gap; against our adapter, the rest.
 SYS_BUILD="$(ls -td "${CARGO_TARGET_DIR:-target}"/debug/build/llama-cpp-sys-2-*/out/build 2>/dev/null | head -1)"
 SAME="$PEERS_DIR/llama-bench-same-build/llama-bench"
 if [ -z "$SYS_BUILD" ]; then
@@ -115,6 +116,7 @@ if [ -z "$SYS_BUILD" ]; then
 elif [ ! -x "$SAME" ] || [ "$SYS_BUILD/src/libllama.a" -nt "$SAME" ]; then
     step "llama-bench on the crate's llama.cpp build"
     SYS_SRC="$(awk -F= '/^CMAKE_HOME_DIRECTORY:/ { print $2 }' "$SYS_BUILD/CMakeCache.txt")"
+    rm -f "$SAME" # a failed build leaves none to measure
     mkdir -p "$(dirname "$SAME")" &&
         g++ -O2 -std=c++17 -I"$SYS_BUILD/../include" -I"$SYS_SRC/common" -I"$SYS_SRC/vendor" \
             "$SRC/vendor/llama.cpp/tools/llama-bench/llama-bench.cpp" \

@@ -13,6 +13,10 @@
 # machine when the pack carries no build, so both build alike.
 # JOBS sets the parallel jobs (default: one per core).
 set -euo pipefail
+if [ $# -lt 3 ]; then
+    echo "usage: $0 llama|peer SOURCE BUILD [LLAMA_BENCH]" >&2
+    exit 2
+fi
 what="$1" source="$2" build="$3"
 jobs="${JOBS:-$(nproc)}"
 

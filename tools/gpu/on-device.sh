@@ -68,23 +68,30 @@ environment() {
 start_build() {
     local name="$1" source="$2" build="$WORK/$3"
     local carried="$ROOT/.gpu-$name/built-$name.tar.xz"
+    local needed=bin/libllama.so.0
+    [ "$name" = peer ] && needed=bin/llama-bench
     if [ -e "$carried" ]; then
         mkdir -p "$build"
-        python3 -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" \
-            "$carried" "$build"
-        if ! LD_LIBRARY_PATH="$build/bin:$LD_LIBRARY_PATH" ldd "$build"/bin/* | grep "not found"; then
+        if python3 -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" \
+            "$carried" "$build" && [ -e "$build/$needed" ] &&
+            ! LD_LIBRARY_PATH="$build/bin:$LD_LIBRARY_PATH" ldd "$build"/bin/* 2>&1 | grep "not found"; then
             echo "$name: carried build"
             touch "$WORK/$name.done"
             return
         fi
-        echo "$name: the carried build does not load here; building"
+        echo "$name: the carried build does not unpack or load here; building"
     fi
-    python3 -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" "$GPU/$source.tar.xz" "$WORK"
-    local tree="$WORK/llama.cpp"
-    [ "$name" = peer ] && tree="$WORK/peer/llama.cpp"
+    # Both sources: ours builds llama-bench from the peer's too.
+    for tree in llama.cpp-sys llama.cpp-peer; do
+        python3 -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" \
+            "$GPU/$tree.tar.xz" "$WORK"
+    done
+    local tree="$WORK/llama.cpp" bench=""
+    [ -d "$WORK/peer/llama.cpp/tools/llama-bench" ] && bench="$WORK/peer/llama.cpp/tools/llama-bench"
+    [ "$name" = peer ] && tree="$WORK/peer/llama.cpp" bench=""
     command -v nvcc >/dev/null || export PATH="/usr/local/cuda/bin:$PATH"
     nvcc --version | tail -1
-    setsid bash -c "bash '$ROOT/tools/gpu/build-llama.sh' $name '$tree' '$build' && touch '$WORK/$name.done'" \
+    setsid bash -c "bash '$ROOT/tools/gpu/build-llama.sh' $name '$tree' '$build' $bench && touch '$WORK/$name.done'" \
         >"$WORK/$name.log" 2>&1 </dev/null &
     echo "$name: build started"
 }

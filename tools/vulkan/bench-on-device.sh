@@ -61,7 +61,9 @@ start)
             echo \"== \$model\"
             $WORK/peer-build/bin/llama-bench -m \$model -ngl 999 -p 128 -n 64 -r 3 -t \$(nproc) -o json 2>&1
         done >$LOGS/llama-bench-cuda.json.txt
-        batched $WORK/peer-build/bin/llama-batched-bench >$LOGS/batched-bench-cuda.txt
+        # A carried .gpu-peer holds llama-bench alone.
+        [ -x $WORK/peer-build/bin/llama-batched-bench ] &&
+            batched $WORK/peer-build/bin/llama-batched-bench >$LOGS/batched-bench-cuda.txt
         touch $LOGS/all.done" >"$LOGS/run.log" 2>&1 </dev/null &
     echo started
     ;;

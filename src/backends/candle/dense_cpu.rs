@@ -108,13 +108,14 @@ mod tests {
     #[test]
     fn products_are_candles() {
         let device = Device::Cpu;
-        // 37 rows: ranges of rows end unevenly on every thread count.
-        let weight = Tensor::randn(0f32, 1.0, (37, 80), &device).unwrap();
+        // 37 rows: ranges of rows end unevenly on every thread count; 83
+        // columns: the dot product's lanes leave a remainder.
+        let weight = Tensor::randn(0f32, 1.0, (37, 83), &device).unwrap();
         for dtype in [GgmlDType::F32, GgmlDType::F16, GgmlDType::BF16] {
             let stored = QTensor::quantize(&weight, dtype).unwrap();
             let matmul = QMatMul::from_qtensor(stored).unwrap();
             let dense = DenseMatrix::from_qmatmul(&matmul).expect("an unquantized weight");
-            for shape in [vec![1, 1, 80], vec![1, 3, 80]] {
+            for shape in [vec![1, 83], vec![1, 1, 83], vec![1, 3, 83]] {
                 let x = Tensor::randn(0f32, 1.0, shape.clone(), &device).unwrap();
                 let expected = matmul.forward(&x).unwrap();
                 let got = dense.forward(&x).unwrap();

@@ -52,10 +52,10 @@ use crate::{Error, Result};
 /// shorter wait costs more than reading them).
 const WORTH_WAITING: usize = 32;
 
-/// How much longer than `decode` a pass must run for its masks to be
-/// computed on helper threads meanwhile (the CPU's pass is over when
-/// `decode` returns; starting helpers for nothing costs more than a step of
-/// a small model).
+/// How long `synchronize` must wait for a pass (it ran on after `decode`
+/// returned, as on a GPU) for the next pass's masks to be computed on
+/// helper threads meanwhile (the CPU's pass is over when `decode` returns;
+/// starting helpers for nothing costs more than a step of a small model).
 const PASS_OUTLIVES_DECODE: Duration = Duration::from_micros(50);
 
 /// A request, prepared by its caller (tokenized, grammar compiled: on the
@@ -213,8 +213,8 @@ struct Batcher<'m> {
     deferred: Vec<Job>,
     /// What it holds and has done, for the backend to report.
     counters: Arc<EngineCounters>,
-    /// Whether the last pass ran on after `decode` returned (on a GPU):
-    /// then the next pass's masks are computed on helper threads meanwhile.
+    /// Whether `synchronize` waited for the last pass (on a GPU): then the
+    /// next pass's masks are computed on helper threads meanwhile.
     pass_outlives_decode: bool,
 }
 
@@ -502,28 +502,29 @@ impl<'m> Batcher<'m> {
             ctx.decode(batch)
                 .map_err(|e| inference_error("decoding failed", e))?;
         }
-        let decoded = pass_started.elapsed();
         // On a GPU the pass runs on until its logits are read: the masks
         // that do not depend on them are computed meanwhile, on helper
         // threads. Where the last pass was over when `decode` returned (the
-        // CPU's), there is nothing to overlap, and this thread computes them.
-        let waiting: Vec<&mut Decoder> = self
-            .sequences
-            .iter_mut()
-            .filter_map(|s| s.active.as_mut())
-            .filter(|a| a.logits_at.is_some())
-            .map(|a| &mut a.decoder)
-            .collect();
-        let mask_threads = if self.pass_outlives_decode {
-            self.settings.threads
-        } else {
-            1
-        };
-        let pass_time = prepare_while(waiting, mask_threads, || {
+        // CPU's), there is nothing to overlap: the masks are computed with
+        // the tokens, on `choose_all`'s threads.
+        let synchronize = || {
+            let asked = Instant::now();
             ctx.synchronize();
-            pass_started.elapsed()
-        });
-        self.pass_outlives_decode = pass_time.saturating_sub(decoded) > PASS_OUTLIVES_DECODE;
+            (pass_started.elapsed(), asked.elapsed())
+        };
+        let (pass_time, waited) = if self.pass_outlives_decode {
+            let decoders: Vec<&mut Decoder> = self
+                .sequences
+                .iter_mut()
+                .filter_map(|s| s.active.as_mut())
+                .filter(|a| a.logits_at.is_some())
+                .map(|a| &mut a.decoder)
+                .collect();
+            prepare_while(decoders, self.settings.threads, synchronize)
+        } else {
+            synchronize()
+        };
+        self.pass_outlives_decode = waited > PASS_OUTLIVES_DECODE;
         let masks_late = pass_started.elapsed().saturating_sub(pass_time);
 
         // Each sequence's tokens are chosen on its own (grammar, sampler):
