@@ -478,13 +478,20 @@ mod avx2 {
     >(
         block: &[u8; BYTES],
     ) -> __m256i {
+        // A block holds its scale and its values (the arms below cannot
+        // miss: the format's size is checked when the kernel is compiled).
+        const { assert!(BYTES >= 2 + BLOCK / 2 && (NIBBLES || BYTES == 2 + BLOCK)) };
         if !NIBBLES {
-            let stored = <&[u8; 32]>::try_from(&block[2..]).expect("a Q8_0 block holds 32 values");
+            let Some(stored) = block[2..].first_chunk::<32>() else {
+                return _mm256_setzero_si256();
+            };
             // SAFETY: 32 bytes as 32 bytes (a transmute, not a load, has no
             // overlap check in debug builds).
             return unsafe { std::mem::transmute::<[u8; 32], __m256i>(*stored) };
         }
-        let nibbles = <&[u8; 16]>::try_from(&block[BYTES - BLOCK / 2..]).expect("16 bytes");
+        let Some(nibbles) = block.last_chunk::<16>() else {
+            return _mm256_setzero_si256();
+        };
         // SAFETY: 16 bytes as 16 bytes.
         let packed = unsafe { std::mem::transmute::<[u8; 16], __m128i>(*nibbles) };
         // Values 0..16 from the low nibbles, 16..32 from the high ones.
