@@ -14,7 +14,7 @@ mod parallel;
 mod sampler;
 
 #[cfg(feature = "llamacpp")]
-pub(crate) use parallel::{Choice, choose_all, prepare_while};
+pub(crate) use parallel::{Choice, Helpers, choose_all, prepare_while};
 pub(crate) use sampler::Sampler;
 
 use std::time::{Duration, Instant};
@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use closing::Closer;
 
 use crate::backend::{FinishReason, Generation, GenerationControl, GenerationRequest, Timings};
+use crate::prompt::token_mask::argmax;
 use crate::prompt::{COMPLETED_MARKER, ConstraintMatcher};
 use crate::{Error, Result};
 
@@ -111,25 +112,27 @@ impl Decoder {
     /// computed (the mask's cost grows with the vocabulary; one check does
     /// not). The token is the same either way: the first highest logit of
     /// all, when allowed, is also the first highest of the allowed ones.
-    /// The logits are only read: a mask is applied to a copy, made only
-    /// then (a row is the vocabulary's size, and a batched pass hands over
-    /// one per sequence and draft position).
+    /// The logits are only read (a row is the vocabulary's size, and a
+    /// batched pass hands over one per sequence and draft position): a
+    /// greedy reply's mask is read beside them, a sampling one's applied
+    /// to a copy.
     pub(crate) fn next_token(&mut self, logits: &[f32]) -> Result<u32> {
         let started = Instant::now();
         let token = match &mut self.constraint {
-            Some(constraint) => {
-                self.masked_last = false;
-                if self.sampler.is_greedy()
-                    && let Some(best) = sampler::argmax(logits)
-                    && constraint.allows(best)
-                {
-                    Some(best)
+            Some(constraint) if self.sampler.is_greedy() => {
+                let best = argmax(logits);
+                self.masked_last = best.is_none_or(|best| !constraint.allows(best));
+                if self.masked_last {
+                    constraint.most_likely_allowed(logits)?
                 } else {
-                    self.masked_last = true;
-                    let mut masked = logits.to_vec();
-                    constraint.mask_logits(&mut masked)?;
-                    self.sampler.sample(&masked)
+                    best
                 }
+            }
+            Some(constraint) => {
+                self.masked_last = true;
+                let mut masked = logits.to_vec();
+                constraint.mask_logits(&mut masked)?;
+                self.sampler.sample(&masked)
             }
             None => self.sampler.sample(logits),
         };
@@ -459,8 +462,8 @@ mod tests {
                     .collect();
                 let mut masked = logits.clone();
                 full.mask_logits(&mut masked).unwrap();
-                let expected = sampler::argmax(&masked).unwrap();
-                let before = sampler::argmax(&logits);
+                let expected = argmax(&masked).unwrap();
+                let before = argmax(&logits);
                 let token = decoder.next_token(&logits).unwrap();
                 assert_eq!(token, expected);
                 fast_hits += usize::from(before == Some(token));

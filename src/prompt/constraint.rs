@@ -616,21 +616,32 @@ impl ConstraintMatcher {
     /// Sets the logit of every token the grammar does not allow next to −∞.
     /// Once the grammar is complete only end-of-generation tokens stay allowed.
     pub fn mask_logits(&mut self, logits: &mut [f32]) -> Result<()> {
+        let mask = self.current_mask()?;
+        super::token_mask::mask(logits, mask.as_slice(), mask.len());
+        Ok(())
+    }
+
+    /// The id of the most likely token the grammar allows next (the lowest
+    /// on ties): what [`mask_logits`](Self::mask_logits) and then the
+    /// largest logit would give, read without masking a copy. `None` when
+    /// the grammar allows no token with a finite logit.
+    pub(crate) fn most_likely_allowed(&mut self, logits: &[f32]) -> Result<Option<u32>> {
+        let mask = self.current_mask()?;
+        Ok(super::token_mask::argmax_allowed(
+            logits,
+            mask.as_slice(),
+            mask.len(),
+        ))
+    }
+
+    /// The mask prepared ahead, or computed now.
+    fn current_mask(&mut self) -> Result<SimpleVob> {
         // A check since (`allows`) may have put the matcher in its error
         // state: the mask prepared before no longer says what is allowed.
-        let mask = match self.prepared_mask.take() {
-            Some(mask) if !self.matcher.is_error() => mask,
-            _ => self.compute_mask()?,
-        };
-        // Ids past the vocabulary (padded output layers) are never allowed.
-        let known = mask.len().min(logits.len());
-        for (id, logit) in logits[..known].iter_mut().enumerate() {
-            if !mask.is_allowed(id as u32) {
-                *logit = f32::NEG_INFINITY;
-            }
+        match self.prepared_mask.take() {
+            Some(mask) if !self.matcher.is_error() => Ok(mask),
+            _ => self.compute_mask(),
         }
-        logits[known..].fill(f32::NEG_INFINITY);
-        Ok(())
     }
 
     /// Computes the mask of the current state now, for the next

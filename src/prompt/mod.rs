@@ -20,6 +20,7 @@ mod json_text;
 mod parse;
 mod recognize;
 mod render;
+pub(crate) mod token_mask;
 mod tools;
 
 pub use constraint::{

@@ -44,7 +44,7 @@ use super::model::{BACKEND, LlamaCppModel, as_llama, inference_error};
 use crate::backend::LocalModel;
 use crate::backend::{FinishReason, Generation, Timings};
 use crate::backends::common::{EngineCounters, Prepared, cancelled_before_start};
-use crate::decode::{Choice, Decoder, Next, choose_all, prepare_while};
+use crate::decode::{Choice, Decoder, Helpers, Next, choose_all, prepare_while};
 use crate::{Error, Result};
 
 /// Prompt tokens a request must gain by waiting for a running request to
@@ -216,6 +216,8 @@ struct Batcher<'m> {
     /// Whether `synchronize` waited for the last pass (on a GPU): then the
     /// next pass's masks are computed on helper threads meanwhile.
     pass_outlives_decode: bool,
+    /// Threads that choose tokens beside the worker's.
+    helpers: Helpers,
 }
 
 impl<'m> Batcher<'m> {
@@ -235,6 +237,7 @@ impl<'m> Batcher<'m> {
             deferred: Vec::new(),
             counters,
             pass_outlives_decode: true,
+            helpers: Helpers::new(settings.threads),
         }
     }
 
@@ -520,7 +523,7 @@ impl<'m> Batcher<'m> {
                 .filter(|a| a.logits_at.is_some())
                 .map(|a| &mut a.decoder)
                 .collect();
-            prepare_while(decoders, self.settings.threads, synchronize)
+            prepare_while(decoders, &self.helpers, synchronize)
         } else {
             synchronize()
         };
@@ -560,11 +563,7 @@ impl<'m> Batcher<'m> {
         self.counters.pass(batch.n_tokens() as usize, pass_time);
         let card = self.model.card();
         let choice_started = Instant::now();
-        let outcomes = choose_all(
-            choices,
-            &|token| card.token_bytes(token),
-            self.settings.threads,
-        );
+        let outcomes = choose_all(choices, &|token| card.token_bytes(token), &self.helpers);
         // Masks computed ahead count as choosing only where they outlasted the pass.
         self.counters.chose(masks_late + choice_started.elapsed());
 
