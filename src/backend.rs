@@ -266,6 +266,11 @@ pub struct EngineStats {
     /// Tokens those passes read, prompts and replies: divided by
     /// [`passes`](Self::passes), how wide the batches were.
     pub pass_tokens: usize,
+    /// Of those tokens, the ones whose logits the passes returned (a
+    /// generating sequence's token and each forced token read ahead with
+    /// it): each is a row of the vocabulary's size, copied back from the
+    /// device on a GPU.
+    pub pass_logit_rows: usize,
     /// Time in those passes, until their logits were readable.
     pub pass_time: Duration,
     /// Time choosing tokens from their logits (grammar masks, sampling,

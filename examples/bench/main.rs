@@ -379,6 +379,8 @@ struct DspyRow {
 struct PassBreakdown {
     passes: usize,
     tokens_per_pass: f64,
+    /// Tokens whose logits came back, per pass (rows of the vocabulary's size).
+    logit_rows_per_pass: f64,
     ms_per_pass: f64,
     pass_share: f64,
     token_choice_share: f64,
@@ -389,6 +391,7 @@ impl PassBreakdown {
     fn between(before: &EngineStats, after: &EngineStats, wall_s: f64) -> Self {
         let passes = after.passes.saturating_sub(before.passes);
         let tokens = after.pass_tokens.saturating_sub(before.pass_tokens);
+        let rows = after.pass_logit_rows.saturating_sub(before.pass_logit_rows);
         let pass_s = after
             .pass_time
             .saturating_sub(before.pass_time)
@@ -400,6 +403,7 @@ impl PassBreakdown {
         PassBreakdown {
             passes,
             tokens_per_pass: tokens as f64 / passes.max(1) as f64,
+            logit_rows_per_pass: rows as f64 / passes.max(1) as f64,
             ms_per_pass: pass_s * 1e3 / passes.max(1) as f64,
             pass_share: pass_s / wall_s,
             token_choice_share: choice_s / wall_s,
@@ -721,15 +725,16 @@ fn print_tables(
         );
     }
     println!(
-        "\n| evaluation in our engine | passes | tokens / pass | ms / pass | in passes | choosing tokens |\n|---|---|---|---|---|---|"
+        "\n| evaluation in our engine | passes | tokens / pass | logits rows / pass | ms / pass | in passes | choosing tokens |\n|---|---|---|---|---|---|---|"
     );
     for row in dspy {
         if let Some(p) = &row.passes {
             println!(
-                "| {} | {} | {:.1} | {:.2} | {:.0} % | {:.0} % |",
+                "| {} | {} | {:.1} | {:.1} | {:.2} | {:.0} % | {:.0} % |",
                 row.system,
                 p.passes,
                 p.tokens_per_pass,
+                p.logit_rows_per_pass,
                 p.ms_per_pass,
                 p.pass_share * 100.0,
                 p.token_choice_share * 100.0

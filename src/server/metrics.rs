@@ -94,7 +94,7 @@ impl Metrics {
         } else {
             0.0
         };
-        let scalars: [(&str, &str, &str, String); 15] = [
+        let scalars: [(&str, &str, &str, String); 16] = [
             (
                 "dsrs_prompt_tokens_total",
                 "counter",
@@ -172,6 +172,12 @@ impl Metrics {
                 "counter",
                 "Tokens those passes read, prompts and replies.",
                 engine.pass_tokens.to_string(),
+            ),
+            (
+                "dsrs_forward_pass_logit_rows_total",
+                "counter",
+                "Of those tokens, the ones whose logits the passes returned.",
+                engine.pass_logit_rows.to_string(),
             ),
             (
                 "dsrs_forward_pass_seconds_total",

@@ -301,6 +301,14 @@ async fn models_health_and_metrics_answer() {
         counter("dsrs_forward_pass_tokens_total") >= counter("dsrs_forward_passes_total"),
         "{metrics}"
     );
+    // Every sampled token was chosen from a row of logits a pass returned,
+    // and a pass returns no more rows than it read tokens.
+    let rows = counter("dsrs_forward_pass_logit_rows_total");
+    assert!(rows >= counter("dsrs_sampled_tokens_total"), "{metrics}");
+    assert!(
+        rows <= counter("dsrs_forward_pass_tokens_total"),
+        "{metrics}"
+    );
     assert!(
         counter("dsrs_forward_pass_seconds_total") > 0.0,
         "{metrics}"

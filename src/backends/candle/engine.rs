@@ -102,7 +102,7 @@ impl Backend for CandleBackend {
             }
             let pass_started = Instant::now();
             weights.next_logits(chunk)?;
-            self.counters.pass(chunk.len(), pass_started.elapsed());
+            self.counters.pass(chunk.len(), 1, pass_started.elapsed());
         }
         if decoder.is_cancelled() {
             return Ok(cancelled_before_start());
@@ -124,7 +124,8 @@ impl Backend for CandleBackend {
             input.extend_from_slice(&draft);
             let pass_started = Instant::now();
             let rows = weights.logits_rows(&input, draft.len() + 1)?;
-            self.counters.pass(input.len(), pass_started.elapsed());
+            self.counters
+                .pass(input.len(), draft.len() + 1, pass_started.elapsed());
             if prefill.is_none() {
                 prefill = Some(started.elapsed());
                 tracing::debug!(

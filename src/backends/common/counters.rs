@@ -22,6 +22,8 @@ pub(crate) struct EngineCounters {
     /// Forward passes of the model, and the tokens they read.
     passes: AtomicUsize,
     pass_tokens: AtomicUsize,
+    /// Of those tokens, the ones whose logits the passes returned.
+    pass_logit_rows: AtomicUsize,
     /// Nanoseconds in those passes (until their logits were readable).
     pass_nanos: AtomicU64,
     /// Nanoseconds choosing tokens from their logits (on the engine's
@@ -59,10 +61,13 @@ impl EngineCounters {
         self.forwarded_tokens.fetch_add(tokens, Ordering::Relaxed);
     }
 
-    /// Counts one forward pass over `tokens` tokens that took `time`.
-    pub(crate) fn pass(&self, tokens: usize, time: Duration) {
+    /// Counts one forward pass over `tokens` tokens, returning the logits
+    /// of `logit_rows` of them, that took `time`.
+    pub(crate) fn pass(&self, tokens: usize, logit_rows: usize, time: Duration) {
         self.passes.fetch_add(1, Ordering::Relaxed);
         self.pass_tokens.fetch_add(tokens, Ordering::Relaxed);
+        self.pass_logit_rows
+            .fetch_add(logit_rows, Ordering::Relaxed);
         self.pass_nanos.fetch_add(nanos(time), Ordering::Relaxed);
     }
 
@@ -82,6 +87,7 @@ impl EngineCounters {
             peak_sequences: get(&self.peak_sequences),
             passes: get(&self.passes),
             pass_tokens: get(&self.pass_tokens),
+            pass_logit_rows: get(&self.pass_logit_rows),
             pass_time: Duration::from_nanos(self.pass_nanos.load(Ordering::Relaxed)),
             token_choice_time: Duration::from_nanos(self.choice_nanos.load(Ordering::Relaxed)),
         }

@@ -560,7 +560,9 @@ impl<'m> Batcher<'m> {
                 rows,
             });
         }
-        self.counters.pass(batch.n_tokens() as usize, pass_time);
+        let logit_rows = choices.iter().map(|choice| choice.rows.len()).sum();
+        self.counters
+            .pass(batch.n_tokens() as usize, logit_rows, pass_time);
         let card = self.model.card();
         let choice_started = Instant::now();
         let outcomes = choose_all(choices, &|token| card.token_bytes(token), &self.helpers);
