@@ -20,7 +20,7 @@ use crate::prompt::{ChatTemplate, OutputConstraint};
 /// How the next token is chosen.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sampling {
-    /// Softmax temperature; `0.0` (or below) means greedy: always the most likely token.
+    /// Softmax temperature; `0.0` (or below, or NaN) means greedy: always the most likely token.
     pub temperature: f32,
     /// Nucleus sampling: keep the most likely tokens whose probabilities add up to this (1.0 = off).
     pub top_p: f32,
@@ -41,9 +41,9 @@ impl Sampling {
         }
     }
 
-    /// True when the temperature makes decoding greedy.
+    /// True when the temperature makes decoding greedy (at most 0, or NaN).
     pub fn is_greedy(&self) -> bool {
-        self.temperature <= 0.0
+        self.temperature.is_nan() || self.temperature <= 0.0
     }
 }
 
@@ -268,8 +268,8 @@ pub struct EngineStats {
     pub pass_tokens: usize,
     /// Of those tokens, the ones whose logits the passes returned (a
     /// generating sequence's token and each forced token read ahead with
-    /// it): each is a row of the vocabulary's size, copied back from the
-    /// device on a GPU.
+    /// it; on candle also the last token of each prompt chunk): each is a
+    /// row of the vocabulary's size, copied back from the device on a GPU.
     pub pass_logit_rows: usize,
     /// Time in those passes, until their logits were readable.
     pub pass_time: Duration,

@@ -156,8 +156,10 @@ fn spread<T: Send, R: Send, F>(
         }
     };
     let wanted = wanted.min(helpers.count).min(count);
-    let first = match helpers.pool() {
-        Some(pool) if wanted > 0 => pool.in_place_scope(|scope| {
+    // No pool is started for a step that wants no helper.
+    let pool = if wanted > 0 { helpers.pool() } else { None };
+    let first = match pool {
+        Some(pool) => pool.in_place_scope(|scope| {
             for _ in 0..wanted {
                 scope.spawn(|_| drain());
             }

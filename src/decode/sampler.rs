@@ -38,9 +38,9 @@ impl Sampler {
         let max = logits[best as usize];
         let temperature = self.sampling.temperature;
         // Tokens this far below the likeliest weigh under e^-40 of it: all
-        // of a vocabulary's together under 1e-12 of the total, so leaving
-        // them out changes a draw only at those odds, and spares them the
-        // exponential: most of a real model's vocabulary.
+        // of a 262k vocabulary's together under 2e-12 of the total, so
+        // leaving them out changes a draw only at those odds, and spares
+        // them the exponential: most of a real model's vocabulary.
         let floor = max - NEGLIGIBLE_LOGIT_GAP * temperature;
         let mut candidates: Vec<(u32, f32)> = logits
             .iter()
@@ -52,6 +52,9 @@ impl Sampler {
         if top_k > 0 && top_k < candidates.len() {
             candidates.select_nth_unstable_by(top_k - 1, by_logit_desc);
             candidates.truncate(top_k);
+            // In order, so that a seed draws the same tokens whatever
+            // order the selection left them in.
+            candidates.sort_unstable_by(by_logit_desc);
         }
         let weight = |logit: f32| f64::from((logit - max) / temperature).exp();
         let top_p = f64::from(self.sampling.top_p);
@@ -106,7 +109,11 @@ fn nucleus(
                     return i + 1;
                 }
             }
-            return head;
+            // The running sum rounds differently from `mass`: short of
+            // `top_p` in the head, the nucleus goes on past it.
+            if head == candidates.len() {
+                return head;
+            }
         }
         head = (head * 8).min(candidates.len());
     }
@@ -137,6 +144,9 @@ mod tests {
         let mut s = Sampler::new(Sampling::greedy());
         assert_eq!(s.sample(&[0.1, 3.0, f32::NEG_INFINITY, 2.0]), Some(1));
         assert_eq!(s.sample(&[f32::NEG_INFINITY, f32::NAN]), None);
+        // A NaN temperature (no range check on the way) is greedy too.
+        let mut s = Sampler::new(sampling(f32::NAN, 0, 1.0, 1));
+        assert_eq!(s.sample(&[0.1, 3.0, 2.0]), Some(1));
     }
 
     #[test]
@@ -171,6 +181,8 @@ mod tests {
             (0, 1.0, p.clone()),
             (2, 1.0, within(&[2, 5])),
             (0, 0.8, nucleus),
+            // The nucleus of the top 3, renormalised: 0.55 + 0.29 ≥ 0.8.
+            (3, 0.8, within(&[2, 5])),
         ] {
             let mut sampler = Sampler::new(sampling(temperature, top_k, top_p, 5));
             let draws = 40_000;
@@ -200,9 +212,9 @@ mod tests {
             let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let weight = |l: f32| f64::from(l - max).exp();
             let total: f64 = logits.iter().map(|&l| weight(l)).sum();
+            let mut sorted: Vec<(u32, f32)> = (0..).zip(logits.iter().copied()).collect();
+            sorted.sort_unstable_by(by_logit_desc);
             for top_p in [0.05, 0.5, 0.9, 0.999] {
-                let mut sorted: Vec<(u32, f32)> = (0..).zip(logits.iter().copied()).collect();
-                sorted.sort_unstable_by(by_logit_desc);
                 let mut cumulative = 0.0;
                 let expected = sorted
                     .iter()
@@ -219,6 +231,40 @@ mod tests {
                     "{count} logits, top_p {top_p}"
                 );
             }
+        }
+    }
+
+    /// With `top_p` exactly the mass of the first head looked at, the
+    /// head's sum and the running sum round differently: the nucleus
+    /// still ends where a full sort's does.
+    #[test]
+    fn a_nucleus_at_the_heads_mass_ends_where_sorting_ends() {
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        for _ in 0..300 {
+            let logits: Vec<f32> = (0..200).map(|_| rng.random::<f32>() * 3.0).collect();
+            let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let weight = |l: f32| f64::from(l - max).exp();
+            let total: f64 = logits.iter().map(|&l| weight(l)).sum();
+            let mut candidates: Vec<(u32, f32)> = (0..).zip(logits.iter().copied()).collect();
+            let mut head = candidates.clone();
+            head.select_nth_unstable_by(NUCLEUS_FIRST_HEAD - 1, by_logit_desc);
+            let mass: f64 = head[..NUCLEUS_FIRST_HEAD]
+                .iter()
+                .map(|&(_, l)| weight(l))
+                .sum();
+            let top_p = mass / total;
+            let mut sorted = candidates.clone();
+            sorted.sort_unstable_by(by_logit_desc);
+            let mut cumulative = 0.0;
+            let expected = sorted
+                .iter()
+                .position(|&(_, l)| {
+                    cumulative += weight(l) / total;
+                    cumulative >= top_p
+                })
+                .map_or(sorted.len(), |i| i + 1);
+            let kept = nucleus(&mut candidates, weight, total, top_p);
+            assert_eq!(&candidates[..kept], &sorted[..expected], "top_p {top_p}");
         }
     }
 
