@@ -200,6 +200,33 @@ mod tests {
         }
     }
 
+    /// `nucleus` on `logits` (weights `e^(l − max)`) against a full sort:
+    /// the same ids in the same order.
+    fn assert_nucleus_as_sorted(logits: &[f32], top_p: impl FnOnce(&[(u32, f32)], f64) -> f64) {
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let weight = |l: f32| f64::from(l - max).exp();
+        let total: f64 = logits.iter().map(|&l| weight(l)).sum();
+        let mut candidates: Vec<(u32, f32)> = (0..).zip(logits.iter().copied()).collect();
+        let top_p = top_p(&candidates, total);
+        let mut sorted = candidates.clone();
+        sorted.sort_unstable_by(by_logit_desc);
+        let mut cumulative = 0.0;
+        let expected = sorted
+            .iter()
+            .position(|&(_, l)| {
+                cumulative += weight(l) / total;
+                cumulative >= top_p
+            })
+            .map_or(sorted.len(), |i| i + 1);
+        let kept = nucleus(&mut candidates, weight, total, top_p);
+        assert_eq!(
+            &candidates[..kept],
+            &sorted[..expected],
+            "{} logits, top_p {top_p}",
+            logits.len()
+        );
+    }
+
     /// The nucleus found by growing a head is the one a full sort gives:
     /// the same ids in the same order, from a few to thousands of them.
     #[test]
@@ -209,27 +236,8 @@ mod tests {
             let logits: Vec<f32> = (0..count)
                 .map(|_| (rng.random::<f32>() * spread).round() / 4.0)
                 .collect();
-            let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let weight = |l: f32| f64::from(l - max).exp();
-            let total: f64 = logits.iter().map(|&l| weight(l)).sum();
-            let mut sorted: Vec<(u32, f32)> = (0..).zip(logits.iter().copied()).collect();
-            sorted.sort_unstable_by(by_logit_desc);
             for top_p in [0.05, 0.5, 0.9, 0.999] {
-                let mut cumulative = 0.0;
-                let expected = sorted
-                    .iter()
-                    .position(|&(_, l)| {
-                        cumulative += weight(l) / total;
-                        cumulative >= top_p
-                    })
-                    .map_or(sorted.len(), |i| i + 1);
-                let mut candidates: Vec<(u32, f32)> = (0..).zip(logits.iter().copied()).collect();
-                let kept = nucleus(&mut candidates, weight, total, top_p);
-                assert_eq!(
-                    &candidates[..kept],
-                    &sorted[..expected],
-                    "{count} logits, top_p {top_p}"
-                );
+                assert_nucleus_as_sorted(&logits, |_, _| top_p);
             }
         }
     }
@@ -243,28 +251,15 @@ mod tests {
         for _ in 0..300 {
             let logits: Vec<f32> = (0..200).map(|_| rng.random::<f32>() * 3.0).collect();
             let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let weight = |l: f32| f64::from(l - max).exp();
-            let total: f64 = logits.iter().map(|&l| weight(l)).sum();
-            let mut candidates: Vec<(u32, f32)> = (0..).zip(logits.iter().copied()).collect();
-            let mut head = candidates.clone();
-            head.select_nth_unstable_by(NUCLEUS_FIRST_HEAD - 1, by_logit_desc);
-            let mass: f64 = head[..NUCLEUS_FIRST_HEAD]
-                .iter()
-                .map(|&(_, l)| weight(l))
-                .sum();
-            let top_p = mass / total;
-            let mut sorted = candidates.clone();
-            sorted.sort_unstable_by(by_logit_desc);
-            let mut cumulative = 0.0;
-            let expected = sorted
-                .iter()
-                .position(|&(_, l)| {
-                    cumulative += weight(l) / total;
-                    cumulative >= top_p
-                })
-                .map_or(sorted.len(), |i| i + 1);
-            let kept = nucleus(&mut candidates, weight, total, top_p);
-            assert_eq!(&candidates[..kept], &sorted[..expected], "top_p {top_p}");
+            assert_nucleus_as_sorted(&logits, |candidates, total| {
+                let mut head = candidates.to_vec();
+                head.select_nth_unstable_by(NUCLEUS_FIRST_HEAD - 1, by_logit_desc);
+                let mass: f64 = head[..NUCLEUS_FIRST_HEAD]
+                    .iter()
+                    .map(|&(_, l)| f64::from(l - max).exp())
+                    .sum();
+                mass / total
+            });
         }
     }
 
