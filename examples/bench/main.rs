@@ -26,7 +26,8 @@
 //!    1, 2, 4, 8 slots, and Python DSPy against `dsrs-local`'s server,
 //!    `llama-server` (its best slot count) and `llama-cpp-python`'s server;
 //!    for our in-process rows, where the evaluation's time went (forward
-//!    passes: how many, how wide, how long; token choice), from
+//!    passes: how many, how wide, how many logits rows, how long; token
+//!    choice), from
 //!    `Backend::stats()`;
 //! 4. resident memory after loading and running each backend vs the file size
 //!    (the target's figure), and again once it has also read `--depth` tokens.

@@ -1,8 +1,8 @@
 //! Filling an output on candle's CPU threads, for the crate's own CPU
 //! kernels (`quantized_cpu.rs`, `dense_cpu.rs`, `attention_cpu.rs`), on the
 //! pool candle's own kernels use, whose threads are already awake. Not
-//! `decode::parallel::spread`: it starts threads per call, fine for one
-//! token choice per step, not for the ~170 products of a token.
+//! `decode::parallel`'s helpers: those are the llama.cpp worker's own (a
+//! build without candle has them too), sized and started for its steps.
 
 use std::ops::Range;
 use std::sync::Mutex;
